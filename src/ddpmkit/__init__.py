@@ -1,0 +1,1 @@
+"""ddpmkit: Denoising Diffusion Probabilistic Models, equation by equation."""
