@@ -1,0 +1,103 @@
+"""Analytic optimal denoisers: E[x_0 | x_t] under q, for data whose distribution is known exactly.
+
+References:
+    [DDPM] Ho, Jain & Abbeel 2020, arXiv 2006.11239: Eq. 4 (q(x_t | x_0)), Eq. 12 (eps from x_0).
+    [PD]   Salimans & Ho 2022, arXiv 2202.00512: the v-parameterization.
+
+Under q(x_t | x_0) = N(sqrt(ab) x_0, (1 - ab) I) the minimiser of every training loss is a function of
+E[x_0 | x_t]: the best eps is (x_t - sqrt(ab) E[x_0 | x_t]) / sqrt(1 - ab). For a finite data set this expectation
+is a softmax over the points; for a Gaussian mixture it is the responsibility-weighted sum of each component's
+linear-Gaussian posterior mean. The oracles are nn.Modules with the signature of the network, model(x_t, t), and
+output what `diffusion.parameterization` asks for, so they stand in for a trained network in every Diffusion
+method: the ideal baseline, and a way to test samplers and the bound with no training at all.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .diffusion import Diffusion
+
+
+class _Oracle(nn.Module):
+    """Shared part: alpha_bar by the model's timestep, and the conversion of E[x0 | x_t] to the model's output."""
+
+    def __init__(self, diffusion: Diffusion, learned_value: float = 1.0):
+        super().__init__()
+        tmap = diffusion.timestep_map.cpu()
+        alpha_bar = torch.ones(int(tmap.max()) + 1, dtype=torch.float64)
+        alpha_bar[tmap] = diffusion.alpha_bar.cpu().double()  # indexed by the timestep the model is called with
+        self.register_buffer("alpha_bar", alpha_bar)
+        self.parameterization = diffusion.parameterization
+        self.learned = diffusion.variance == "learned_range"
+        self.learned_value = learned_value  # the v channel for learned_range: +1 is sigma^2 = beta, -1 is beta~
+
+    def posterior_mean(self, xt: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
+        """E[x_0 | x_t] for flattened float64 x_t (B, D) and alpha_bar (B, 1)."""
+        raise NotImplementedError
+
+    def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        t = torch.as_tensor(t, device=xt.device).long().expand(xt.shape[0])
+        alpha_bar = self.alpha_bar[t].unsqueeze(1)  # (B, 1)
+        flat = xt.reshape(xt.shape[0], -1).double()  # (B, D)
+        x0 = self.posterior_mean(flat, alpha_bar)
+        a, s = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
+        eps = (flat - a * x0) / s  # inverts Eq. 4
+        out = {"eps": eps, "x0": x0, "v": a * eps - s * x0}[self.parameterization].reshape(xt.shape)
+        if self.learned:
+            out = torch.cat([out, torch.full_like(out, self.learned_value)], dim=1)
+        return out.to(xt.dtype)
+
+
+class FiniteSetOracle(_Oracle):
+    """E[x_0 | x_t] when q(x_0) is uniform on N points: a softmax over the points."""
+
+    def __init__(self, diffusion: Diffusion, points: torch.Tensor, **kwargs):
+        super().__init__(diffusion, **kwargs)
+        self.register_buffer("points", torch.as_tensor(points).reshape(len(points), -1).double())  # (N, D)
+
+    def posterior_mean(self, xt, alpha_bar):
+        # log q(x_t | x_i) up to terms constant in i: (sqrt(ab) <x_t, x_i> - ab |x_i|^2 / 2) / (1 - ab)
+        logits = (alpha_bar.sqrt() * xt @ self.points.T - 0.5 * alpha_bar * (self.points**2).sum(1)) / (1 - alpha_bar)
+        return torch.softmax(logits, dim=1) @ self.points  # (B, D)
+
+
+class GaussianMixtureOracle(_Oracle):
+    """E[x_0 | x_t] when q(x_0) = sum_k w_k N(mu_k, diag(s_k^2)): closed form."""
+
+    def __init__(self, diffusion: Diffusion, means, stds, weights, **kwargs):
+        super().__init__(diffusion, **kwargs)
+        means = torch.as_tensor(means, dtype=torch.float64)
+        means = means.reshape(len(means), -1)  # (K, D)
+        stds = torch.as_tensor(stds, dtype=torch.float64)
+        stds = stds.reshape(len(means), -1).expand_as(means)  # isotropic (K,) or diagonal (K, D)
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.register_buffer("means", means)
+        self.register_buffer("var0", (stds**2).contiguous())
+        self.register_buffer("log_weights", torch.log(weights / weights.sum()))
+
+    def posterior_mean(self, xt, alpha_bar):
+        a = alpha_bar.sqrt().unsqueeze(2)  # (B, 1, 1)
+        var_t = alpha_bar.unsqueeze(2) * self.var0 + (1 - alpha_bar).unsqueeze(2)  # (B, K, D): marginal of x_t
+        resid = xt.unsqueeze(1) - a * self.means  # (B, K, D)
+        log_lik = -0.5 * ((resid**2) / var_t + torch.log(var_t)).sum(2)  # (B, K), 2 pi dropped
+        resp = torch.softmax(self.log_weights + log_lik, dim=1)  # p(k | x_t)
+        x0_k = self.means + a * self.var0 / var_t * resid  # E[x_0 | x_t, k]: Gaussian conditioning
+        return (resp.unsqueeze(2) * x0_k).sum(1)
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n draws of x_0 (float64) and their component labels."""
+        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.means.shape[1], generator=generator, dtype=torch.float64)
+        return self.means[k] + self.var0[k].sqrt() * z, k
+
+
+def finite_set(diffusion: Diffusion, points: torch.Tensor, **kwargs) -> FiniteSetOracle:
+    """The optimal denoiser for data uniform on `points` (N, ...)."""
+    return FiniteSetOracle(diffusion, points, **kwargs)
+
+
+def gaussian_mixture(diffusion: Diffusion, means, stds, weights, **kwargs) -> GaussianMixtureOracle:
+    """The optimal denoiser for a Gaussian mixture: means (K, D), stds (K,) or (K, D), weights (K,)."""
+    return GaussianMixtureOracle(diffusion, means, stds, weights, **kwargs)
