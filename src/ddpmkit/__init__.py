@@ -1,1 +1,31 @@
-"""ddpmkit: Denoising Diffusion Probabilistic Models, equation by equation."""
+"""ddpmkit: Denoising Diffusion Probabilistic Models (Ho, Jain & Abbeel 2020), equation by equation.
+
+The public API, re-exported:
+    Diffusion       the math: q_sample, q_posterior, p_mean_variance, training_loss, vlb_terms, sample
+    UNet            the paper's network (UNet.from_preset("cifar10") is the 35.7M CIFAR-10 model)
+    oracle          analytic optimal denoisers for tests and baselines
+    load            a trained run -> Pipeline with .model, .diffusion, .sample(n)
+    RunConfig, load_config, Trainer, load_dataset
+"""
+
+__version__ = "0.1.0"
+
+from . import oracle, schedules
+from .config import RunConfig, load_config
+from .data import load_dataset
+from .diffusion import Diffusion
+from .errors import UserError
+from .models import UNet
+from .pipeline import Pipeline, load
+
+
+def __getattr__(name):
+    if name == "Trainer":  # imported on first use: it pulls in tqdm, matplotlib and torch.distributed
+        from .train.trainer import Trainer
+
+        return Trainer
+    raise AttributeError(f"module 'ddpmkit' has no attribute {name!r}")
+
+
+__all__ = ["Diffusion", "UNet", "oracle", "schedules", "load", "Pipeline", "RunConfig", "load_config",
+           "load_dataset", "Trainer", "UserError", "__version__"]

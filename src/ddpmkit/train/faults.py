@@ -8,7 +8,11 @@ SIGKILL to its own process: no `finally`, no `atexit`, no flush, exactly like a 
     DDPMKIT_FAULT=save:prune,save:weights@2     a comma list: whichever comes first
 
 The variable is read on every call (one dict lookup), so a test may set it between two saves in one process.
-Only tests set it. The points that exist, all in `ddpmkit.train.checkpoint.save_checkpoint`:
+Only tests set it. The points that exist: one in the training loop (`ddpmkit.train.trainer`),
+
+    train:step            after a training step is done, before any checkpoint of that step
+
+and the rest in `ddpmkit.train.checkpoint.save_checkpoint`:
 
     save:weights          after each `<name>.safetensors` is written, before the next file (the temp folder
                           holds some of the files, none fsynced, no manifest)

@@ -1,0 +1,157 @@
+"""The `ddpm` command: argv -> RunConfig -> one library call. No math here.
+
+A user's mistake (UserError, or a bad flag) is printed as one line on stderr and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from .config import RunConfig, load_config, parse_value, to_toml
+from .errors import UserError
+
+# flag -> config key, for the flags that override one config value
+TRAIN_FLAGS = {
+    "data": "data.spec", "image_size": "data.image_size", "channels": "data.channels", "skip_bad": "data.skip_bad",
+    "steps": "train.steps", "batch_size": "train.batch_size", "lr": "train.lr", "seed": "train.seed",
+    "checkpoint_every": "train.checkpoint_every", "sample_every": "train.sample_every",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit code 2."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train on images (Algorithm 1), writing checkpoints and sample grids",
+                       description="Train a DDPM. Flags override the config; --set section.key=value sets any value.")
+    p.add_argument("--data", help="digits (default), fashion-mnist, a folder of images, IDX or CIFAR files, .npz/.npy")
+    p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, samples, metrics)")
+    p.add_argument("--config", help="a TOML file or a preset name: digits (default), fashion_mnist, cifar10, ...")
+    p.add_argument("--steps", type=int, help="total training steps")
+    p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
+    p.add_argument("--lr", type=float, help="Adam learning rate")
+    p.add_argument("--seed", type=int, help="seed of every random draw (deterministic on the CPU)")
+    p.add_argument("--image-size", type=int, help="resize and centre-crop images to this size")
+    p.add_argument("--channels", type=int, choices=(1, 3), help="1 (grey) or 3 (RGB); default: what most files are")
+    p.add_argument("--checkpoint-every", type=int, help="steps between checkpoints")
+    p.add_argument("--sample-every", type=int, help="steps between sample grids")
+    p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
+    p.add_argument("--force", action="store_true", help="with --resume: accept a changed config")
+    p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images (counted)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. train.warmup=500")
+    p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_sample(sub) -> None:
+    p = sub.add_parser("sample", help="draw samples from a trained run (Algorithm 2, respaced, or DDIM)")
+    p.add_argument("run_dir", type=Path, help="a run directory (newest valid checkpoint) or a checkpoint folder")
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint folder to use instead of the newest")
+    p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
+    p.add_argument("--out", type=Path, help="grid PNG to write (default RUN_DIR/sample_grid.png)")
+    p.add_argument("--npz", type=Path, help="also write uint8 (N, H, W, C) under key arr_0 (the ADM format)")
+    p.add_argument("--sampler", choices=("ancestral", "ddim"), help="default: the run's [sample] config")
+    p.add_argument("--steps", type=int, help="sampling steps (< T respaces); default: the run's config")
+    p.add_argument("--eta", type=float, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--no-ema", action="store_true", help="use the training weights instead of the EMA")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--no-progress", action="store_true")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="ddpm", description="Denoising Diffusion Probabilistic Models (Ho et al. 2020).")
+    from . import __version__
+
+    parser.add_argument("--version", action="version", version=f"ddpmkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    _add_train(sub)
+    _add_sample(sub)
+    return parser
+
+
+def resolve_train_config(args) -> RunConfig:
+    """The preset or file, then each flag, then each --set, in that order."""
+    config = load_config(args.config)
+    for flag, key in TRAIN_FLAGS.items():
+        value = getattr(args, flag)
+        if value is not None:
+            config = config.replace(key, value)
+    for item in args.set:
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set train.warmup=500")
+        config = config.replace(key.strip(), parse_value(value.strip()))
+    return config
+
+
+def cmd_train(args) -> int:
+    config = resolve_train_config(args)
+    if args.dry_run:
+        print(to_toml(config), end="")
+        return 0
+    from .train.trainer import Trainer
+
+    result = Trainer(config, args.out, resume=args.resume, force=args.force, device=args.device,
+                     progress=not args.no_progress).run()
+    if result["interrupted"]:
+        print(f"stopped by {result['interrupted']} at step {result['step']}; checkpoint {result['checkpoint']}; "
+              f"continue with: ddpm train --out {args.out} --resume")
+        sig = getattr(signal, str(result["interrupted"]), None)
+        return 128 + int(sig) if sig is not None else 1
+    print(f"trained to step {result['step']}; checkpoint {result['checkpoint']}; samples {result['samples']}")
+    return 0
+
+
+def cmd_sample(args) -> int:
+    from .figures.grid import save_grid
+    from .pipeline import load
+
+    if args.n < 1 or args.batch_size < 1:
+        raise UserError("--n and --batch-size must be at least 1")
+    pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
+                device=None if args.device == "auto" else args.device)
+    images = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
+                         batch_size=args.batch_size, progress=not args.no_progress)
+    out = args.out or (args.run_dir / "sample_grid.png")
+    save_grid(images, out)
+    print(f"wrote {out} ({args.n} samples, step {pipe.step})")
+    if args.npz:
+        args.npz.parent.mkdir(parents=True, exist_ok=True)
+        np.savez(args.npz, arr_0=images)
+        print(f"wrote {args.npz}: uint8 {images.shape}, key arr_0")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return 0
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as err:
+        print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"ddpm {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,264 @@
+"""Run configuration: one dataclass per component, composed into RunConfig, loaded from and saved as TOML.
+
+Presets are TOML files shipped in `ddpmkit/configs/` (`configs/` at the top of the repository points there):
+`digits` (the default), `fashion_mnist`, `cifar10` (the paper's exact setup [DDPM Sec. 4, App. B]).
+Every value is validated in `__post_init__`; a bad one raises ConfigError with what is wrong and what is allowed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+from .errors import ConfigError
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+def _choice(section: str, name: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(f"{section}.{name} = {value!r} is not allowed; choose one of {sorted(allowed)}")
+
+
+def _positive(section: str, name: str, value, *, zero_ok: bool = False, integer: bool = True) -> None:
+    kind = (int,) if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and (value >= 0 if zero_ok else value > 0)
+    if not ok or (not integer and not math.isfinite(value)):
+        what = "an integer" if integer else "a number"
+        raise ConfigError(f"{section}.{name} = {value!r}: must be {what} {'>= 0' if zero_ok else '> 0'}")
+
+
+@dataclass
+class DataConfig:
+    """Where the images come from (see ddpmkit.data.load_dataset) and how they are augmented."""
+
+    spec: str = "digits"
+    image_size: int | None = None  # resize + centre-crop to this size; None keeps the data's own size
+    channels: int | None = None  # 1 (grey) or 3 (RGB); None: what most files are
+    hflip: bool = False  # random horizontal flips, as the paper's CIFAR-10 run [DDPM App. B]
+    skip_bad: bool = False
+
+    def __post_init__(self):
+        if self.image_size is not None:
+            _positive("data", "image_size", self.image_size)
+        if self.channels is not None:
+            _choice("data", "channels", self.channels, {1, 3})
+
+
+@dataclass
+class DiffusionConfig:
+    """The noise schedule and the reverse process [DDPM Sec. 2-3; IDDPM Sec. 3]."""
+
+    schedule: str = "linear"
+    timesteps: int = 1000
+    beta_start: float = 1e-4  # linear schedule only
+    beta_end: float = 0.02
+    parameterization: str = "eps"
+    variance: str = "fixed_large"
+
+    def __post_init__(self):
+        _choice("diffusion", "schedule", self.schedule, {"linear", "cosine"})
+        _positive("diffusion", "timesteps", self.timesteps)
+        _choice("diffusion", "parameterization", self.parameterization, {"eps", "x0", "v"})
+        _choice("diffusion", "variance", self.variance, {"fixed_small", "fixed_large", "learned_range"})
+        for name in ("beta_start", "beta_end"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < 1):
+                raise ConfigError(f"diffusion.{name} = {value!r}: must lie in (0, 1)")
+
+
+@dataclass
+class ModelConfig:
+    """A U-Net preset (ddpmkit.models) and overrides of its options; None keeps the preset's value."""
+
+    preset: str = "digits"
+    ch: int | None = None
+    ch_mult: list[int] | None = None
+    num_res_blocks: int | None = None
+    attn_resolutions: list[int] | None = None
+    dropout: float | None = None
+
+    def __post_init__(self):
+        if self.dropout is not None and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
+            raise ConfigError(f"model.dropout = {self.dropout!r}: must lie in [0, 1)")
+        for name in ("ch", "num_res_blocks"):
+            if getattr(self, name) is not None:
+                _positive("model", name, getattr(self, name))
+
+    def overrides(self) -> dict:
+        """The options set here, to pass to UNet.from_preset."""
+        out = {k: v for k, v in asdict(self).items() if k != "preset" and v is not None}
+        return {k: tuple(v) if isinstance(v, list) else v for k, v in out.items()}
+
+
+@dataclass
+class TrainConfig:
+    """Algorithm 1 and the optimiser around it [DDPM Sec. 4, App. B]."""
+
+    steps: int = 4000
+    batch_size: int = 64
+    lr: float = 2e-4
+    warmup: int = 100  # linear LR warm-up steps (the paper: 5000)
+    grad_clip: float = 1.0  # clip the global gradient norm; 0 disables
+    ema_decay: float = 0.9999
+    ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) so short runs get a useful EMA
+    loss: str = "simple"
+    precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, else fp32
+    compile: bool = False
+    channels_last: bool = False
+    seed: int = 0
+    log_every: int = 50
+    checkpoint_every: int = 1000
+    sample_every: int = 1000
+    keep_checkpoints: int = 3
+    num_samples: int = 64  # images in each sample grid
+    max_bad_losses: int = 3  # stop after this many non-finite losses in a row
+
+    def __post_init__(self):
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "sample_every", "keep_checkpoints",
+                     "num_samples", "max_bad_losses"):
+            _positive("train", name, getattr(self, name))
+        _positive("train", "warmup", self.warmup, zero_ok=True)
+        _positive("train", "lr", self.lr, integer=False)
+        _positive("train", "grad_clip", self.grad_clip, zero_ok=True, integer=False)
+        if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
+            raise ConfigError(f"train.ema_decay = {self.ema_decay!r}: must lie in [0, 1)")
+        _choice("train", "loss", self.loss, {"simple", "vlb", "hybrid"})
+        _choice("train", "precision", self.precision, {"auto", "fp32", "bf16", "fp16"})
+        _positive("train", "seed", self.seed, zero_ok=True)
+
+
+@dataclass
+class SampleConfig:
+    """Algorithm 2 or DDIM for the sample grids and `ddpm sample` [DDPM Alg. 2; DDIM Eq. 12]."""
+
+    sampler: str = "ancestral"
+    steps: int | None = None  # None: all T steps
+    eta: float = 0.0
+
+    def __post_init__(self):
+        _choice("sample", "sampler", self.sampler, {"ancestral", "ddim"})
+        if self.steps is not None:
+            _positive("sample", "steps", self.steps)
+        if not (isinstance(self.eta, (int, float)) and self.eta >= 0):
+            raise ConfigError(f"sample.eta = {self.eta!r}: must be >= 0")
+
+
+@dataclass
+class RunConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict, source: str = "config") -> "RunConfig":
+        """Build from nested dicts; unknown sections or keys are refused with the allowed names."""
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: expected a table of sections")
+        parts = {}
+        for f in fields(cls):
+            section = raw.get(f.name, {})
+            known = {g.name for g in fields(f.default_factory)}
+            unknown = set(section) - known
+            if unknown:
+                raise ConfigError(f"{source}: unknown key {f.name}.{sorted(unknown)[0]}; known: {sorted(known)}")
+            parts[f.name] = f.default_factory(**section)
+        extra = set(raw) - {f.name for f in fields(cls)}
+        if extra:
+            raise ConfigError(f"{source}: unknown section [{sorted(extra)[0]}]; known: {[f.name for f in fields(cls)]}")
+        return cls(**parts)
+
+    def replace(self, key: str, value: Any) -> "RunConfig":
+        """A copy with `section.name` set to value (validated)."""
+        section, _, name = key.partition(".")
+        raw = self.to_dict()
+        if section not in raw or not name or name not in raw[section]:
+            known = [f"{s}.{k}" for s, d in raw.items() for k in d]
+            raise ConfigError(f"--set {key}: unknown key; known keys: {', '.join(known)}")
+        raw[section][name] = value
+        return RunConfig.from_dict(raw, source=f"--set {key}")
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+
+
+def load_config(path_or_name: str | Path | None = None) -> RunConfig:
+    """A preset by name (digits, fashion_mnist, cifar10, ...) or a TOML file; None gives the digits preset."""
+    name = "digits" if path_or_name is None else str(path_or_name)
+    path = Path(name)
+    if not path.suffix and not path.exists():
+        path = PRESET_DIR / f"{name}.toml"
+        if not path.exists():
+            raise ConfigError(f"--config {name}: no such file or preset; presets: {', '.join(preset_names())}")
+    try:
+        raw = tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ConfigError(f"--config {path}: no such file") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as err:
+        raise ConfigError(f"--config {path}: cannot be read as TOML ({err})") from None
+    return RunConfig.from_dict(raw, source=str(path))
+
+
+def parse_value(text: str) -> Any:
+    """A --set value as TOML (numbers, true/false, [lists], "strings"), else as a bare string."""
+    try:
+        return tomllib.loads(f"v = {text}")["v"]
+    except tomllib.TOMLDecodeError:
+        return text
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def to_toml(config: RunConfig) -> str:
+    """The config as TOML; None values (meaning "default") are left out, which TOML cannot spell."""
+    lines = []
+    for section, values in config.to_dict().items():
+        lines.append(f"[{section}]")
+        lines += [f"{k} = {_toml_value(v)}" for k, v in values.items() if v is not None]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# What may change when a run is resumed: everything else must match the checkpoint's config (or --force).
+RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
+                     "train.keep_checkpoints", "train.num_samples", "train.max_bad_losses", "train.compile",
+                     "train.channels_last", "train.precision", "sample.sampler", "sample.steps", "sample.eta",
+                     "data.skip_bad"}
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """'section.key: old -> new' for each value that differs and may not change on resume."""
+    diffs = []
+    for section in sorted(set(old) | set(new)):
+        a, b = old.get(section, {}), new.get(section, {})
+        for key in sorted(set(a) | set(b)):
+            name = f"{section}.{key}"
+            if a.get(key) != b.get(key) and name not in RESUMABLE_CHANGES:
+                diffs.append(f"{name}: {a.get(key)!r} -> {b.get(key)!r}")
+    return diffs
+
+
+__all__ = ["RunConfig", "DataConfig", "DiffusionConfig", "ModelConfig", "TrainConfig", "SampleConfig",
+           "load_config", "parse_value", "to_toml", "config_differences", "preset_names"]

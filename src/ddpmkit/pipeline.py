@@ -1,0 +1,101 @@
+"""From a config to a network and a Diffusion, and from a run directory back to a model that samples.
+
+    pipe = ddpmkit.load("runs/digits")          # a run directory or one checkpoint folder
+    images = pipe.sample(16, steps=100)          # uint8 (16, H, W, C)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .config import RunConfig
+from .data import from_model_range
+from .diffusion import Diffusion
+from .errors import CheckpointError
+from .models import UNet
+from .samplers import model_device
+
+
+def build_diffusion(config: RunConfig) -> Diffusion:
+    c = config.diffusion
+    kwargs = {"beta_start": c.beta_start, "beta_end": c.beta_end} if c.schedule == "linear" else {}
+    return Diffusion.from_name(c.schedule, c.timesteps, parameterization=c.parameterization,
+                               variance=c.variance, **kwargs)
+
+
+def build_model(config: RunConfig, image_size: int, channels: int) -> UNet:
+    """The configured U-Net for (channels, image_size, image_size) data; 2C outputs for learned variances."""
+    out_channels = 2 * channels if config.diffusion.variance == "learned_range" else channels
+    return UNet.from_preset(config.model.preset, in_channels=channels, out_channels=out_channels,
+                            image_size=image_size, **config.model.overrides())
+
+
+@dataclass
+class Pipeline:
+    """A trained model with its diffusion: `.model` (EMA weights unless asked otherwise), `.diffusion`, `.config`."""
+
+    model: UNet
+    diffusion: Diffusion
+    config: RunConfig
+    image_size: int
+    channels: int
+    step: int
+    checkpoint: Path
+
+    @torch.no_grad()
+    def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
+               seed: int | None = 0, batch_size: int = 256, progress: bool = False,
+               return_tensor: bool = False) -> np.ndarray | torch.Tensor:
+        """n samples as uint8 (n, H, W, C), or as a float tensor in [-1, 1] (n, C, H, W) with return_tensor.
+
+        Sampler, steps and eta default to the run's [sample] config; a seed makes the draw reproducible.
+        """
+        s = self.config.sample
+        sampler = sampler or s.sampler
+        steps = steps if steps is not None else s.steps
+        eta = s.eta if eta is None else eta
+        device = model_device(self.model)
+        generator = None if seed is None else torch.Generator(device).manual_seed(seed)
+        chunks = []
+        for start in range(0, n, batch_size):
+            shape = (min(batch_size, n - start), self.channels, self.image_size, self.image_size)
+            chunks.append(self.diffusion.sample(self.model, shape, sampler=sampler, steps=steps, eta=eta,
+                                                generator=generator, progress=progress).cpu())
+        x = torch.cat(chunks) if chunks else torch.empty(0, self.channels, self.image_size, self.image_size)
+        return x if return_tensor else from_model_range(x).numpy()
+
+
+def load(path: str | Path, *, ema: bool = True, device: str | torch.device | None = None) -> Pipeline:
+    """A Pipeline from a run directory (its newest valid checkpoint) or from one checkpoint folder."""
+    from .train.checkpoint import check_weights_fit, latest_valid_checkpoint, load_checkpoint
+
+    path = Path(path)
+    if (path / "manifest.json").exists():
+        ckpt = load_checkpoint(path)
+    elif path.is_dir():
+        ckpt, warnings = latest_valid_checkpoint(path / "checkpoints")
+        for w in warnings:
+            print(f"warning: {w}")
+        if ckpt is None:
+            raise CheckpointError(f"{path}: no valid checkpoint in {path / 'checkpoints'}; train first with ddpm train")
+    else:
+        raise CheckpointError(f"{path}: no such run directory or checkpoint folder")
+    if ckpt.config is None or "run" not in ckpt.config:
+        raise CheckpointError(f"{ckpt.path}: the checkpoint has no config.json with the run's config")
+    config = RunConfig.from_dict(ckpt.config["run"], source=f"{ckpt.path}/config.json")
+    image_size, channels = ckpt.config["image_size"], ckpt.config["channels"]
+    model = build_model(config, image_size, channels)
+    name = "ema" if ema and "ema" in ckpt.weights else "model"
+    check_weights_fit(model, ckpt.weights[name], f"{ckpt.path}/{name}.safetensors")
+    model.load_state_dict(ckpt.weights[name])
+    device = torch.device(device) if device is not None else _default_device()
+    model = model.to(device).eval()
+    return Pipeline(model, build_diffusion(config).to(device), config, image_size, channels, ckpt.step, ckpt.path)
+
+
+def _default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

@@ -1,0 +1,368 @@
+"""The training loop: Algorithm 1 of [DDPM] with the paper's optimiser, EMA, safe checkpoints and torchrun.
+
+References:
+    [DDPM]  Ho, Jain & Abbeel 2020, arXiv 2006.11239: Algorithm 1; App. B (Adam 2e-4, warm-up 5000, clip 1, EMA).
+
+Reproducibility: every random draw of a step (which images, flips, t, noise, dropout) comes from a seed made of
+(config seed, step), not from a generator carried along. So a run resumed from its checkpoint at step s draws
+exactly what the uninterrupted run drew after step s, and its final weights are bit for bit the same (CPU).
+The draws are made for the global batch and each rank takes its slice, so N processes see what one process
+with the same global batch sees.
+
+Run directory:
+    config.toml        the resolved config         metrics.jsonl   one JSON line per log interval
+    loss.png           the loss curve              samples.png     the newest sample grid (EMA weights)
+    samples/           a grid per sample interval  checkpoints/    step_XXXXXXXXX folders (checkpoint.py)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..config import RunConfig, config_differences, to_toml
+from ..data import ImageDataset, check_enough, from_model_range, load_dataset, to_model_range
+from ..errors import ConfigError, UserError
+from ..figures.grid import plot_loss, save_grid
+from ..pipeline import build_diffusion, build_model
+from . import distributed
+from .checkpoint import latest_valid_checkpoint, list_checkpoints, save_checkpoint
+from .ema import EMA
+from .faults import fault_point
+
+
+def step_seed(*parts: int) -> int:
+    """A well-mixed 63-bit seed from integers (config seed, step, ...)."""
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(2, np.uint64)[0] >> np.uint64(1))
+
+
+class BatchOrder:
+    """Which images make up the global batch of each step: epochs of seeded permutations, read as one stream."""
+
+    def __init__(self, num_images: int, batch_size: int, seed: int):
+        self.n, self.b, self.seed = num_images, batch_size, seed
+        self._perms: dict[int, torch.Tensor] = {}
+
+    def _perm(self, epoch: int) -> torch.Tensor:
+        if epoch not in self._perms:
+            if len(self._perms) > 4:
+                self._perms.pop(min(self._perms))
+            g = torch.Generator().manual_seed(step_seed(self.seed, epoch, 1))
+            self._perms[epoch] = torch.randperm(self.n, generator=g)
+        return self._perms[epoch]
+
+    def indices(self, step: int) -> torch.Tensor:
+        pos = torch.arange(step * self.b, (step + 1) * self.b)
+        epochs, offsets = pos // self.n, pos % self.n
+        return torch.stack([self._perm(int(e))[int(o)] for e, o in zip(epochs, offsets)]) if len(
+            set(epochs.tolist())) > 1 else self._perm(int(epochs[0]))[offsets]
+
+
+class Trainer:
+    """`Trainer(config, run_dir).run()` trains, checkpoints and samples; see `ddpm train`."""
+
+    def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False,
+                 device: str = "auto", progress: bool = True, dataset: ImageDataset | None = None):
+        self.config, self.run_dir = config, Path(run_dir)
+        self.resume, self.force, self.progress = resume, force, progress
+        self.dist = distributed.setup(device)
+        c = config.train
+        if c.batch_size % self.dist.world_size:
+            raise ConfigError(f"--batch-size {c.batch_size} must be divisible by the {self.dist.world_size} processes")
+        d = config.data
+        self.data = dataset or load_dataset(d.spec, image_size=d.image_size, channels=d.channels,
+                                            skip_bad=d.skip_bad)
+        check_enough(self.data, c.batch_size)
+        self.images = torch.from_numpy(self.data.images)  # (N, H, W, C) uint8, kept as is until a batch needs it
+        self.order = BatchOrder(len(self.data), c.batch_size, c.seed)
+        self.diffusion = build_diffusion(config).to(self.dist.device)
+        torch.manual_seed(c.seed)  # the initial weights
+        self.model = build_model(config, self.data.image_size, self.data.channels).to(self.dist.device)
+        if c.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.ema = EMA(self.model, c.ema_decay, c.ema_warmup)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+        self.autocast_dtype = _autocast_dtype(c.precision, self.dist.device)
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.autocast_dtype == torch.float16)
+        self.net = self._wrap(self.model)
+        self.step, self.bad_losses, self.stop_signal = 0, 0, None
+
+    def _wrap(self, model):
+        net = model
+        if self.dist.active:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.dist.device.index] if self.dist.device.type == "cuda" else None
+            net = DistributedDataParallel(model, device_ids=ids)
+        return torch.compile(net) if self.config.train.compile else net
+
+    # --- state ---------------------------------------------------------------------------------------------
+
+    @property
+    def ckpt_dir(self) -> Path:
+        return self.run_dir / "checkpoints"
+
+    def _meta(self) -> dict:
+        return {"run": self.config.to_dict(), "image_size": self.data.image_size, "channels": self.data.channels,
+                "data": {"name": self.data.name, "num_images": len(self.data)}}
+
+    def _restore(self) -> None:
+        """Continue from the newest valid checkpoint (with --resume), or refuse to overwrite an existing run."""
+        existing = list_checkpoints(self.ckpt_dir)
+        if not self.resume:
+            if existing:
+                raise UserError(f"{self.run_dir} already holds a run (up to {existing[-1].name}): pass --resume to "
+                                "continue it, or choose a new --out")
+            return
+        ckpt, warnings = latest_valid_checkpoint(self.ckpt_dir)
+        for w in warnings:
+            self._say(f"warning: {w}")
+        if ckpt is None:
+            if existing:
+                raise UserError(f"{self.ckpt_dir}: no checkpoint there is valid (see the warnings); cannot resume")
+            self._say(f"no checkpoint in {self.ckpt_dir} yet: starting from step 0")
+            return
+        self._check_same_run(ckpt.config or {}, ckpt.path)
+        self.model.load_state_dict(ckpt.weights["model"])
+        self.ema.load_state_dict(ckpt.weights["ema"])
+        self.optimizer.load_state_dict(ckpt.state["optimizer"])
+        if ckpt.state.get("scaler"):
+            self.scaler.load_state_dict(ckpt.state["scaler"])
+        self.step, self.bad_losses = int(ckpt.state["step"]), int(ckpt.state["bad_losses"])
+        self._say(f"resuming from {ckpt.path} (step {self.step})")
+
+    def _check_same_run(self, saved: dict, where: Path) -> None:
+        old, new = dict(saved.get("run", {})), self.config.to_dict()
+        old["data_found"] = saved.get("data", {})
+        new["data_found"] = self._meta()["data"]
+        diffs = config_differences(old, new)
+        if diffs and not self.force:
+            raise ConfigError(f"--resume: the config differs from {where}: {'; '.join(diffs)} (pass --force to "
+                              "resume anyway)")
+        for diff in diffs:
+            self._say(f"warning: resuming with a changed config (--force): {diff}")
+
+    def _save(self) -> Path | None:
+        path = None
+        if self.dist.is_main:
+            state = {"step": self.step, "bad_losses": self.bad_losses, "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+            weights = {"model": self.model.state_dict(), "ema": self.ema.state_dict()}
+            path = save_checkpoint(self.ckpt_dir, self.step, weights=weights, state=state, config=self._meta(),
+                                   keep=self.config.train.keep_checkpoints)
+        distributed.barrier(self.dist)
+        return path
+
+    # --- one step of Algorithm 1 ----------------------------------------------------------------------------
+
+    def _draw(self, step: int):
+        """This rank's slice of the global batch: x0 (b, C, H, W), t (b,), noise; all from (seed, step)."""
+        c, n_ranks, rank = self.config.train, self.dist.world_size, self.dist.rank
+        g = torch.Generator().manual_seed(step_seed(c.seed, step, 2))
+        x0 = to_model_range(self.images[self.order.indices(step)])  # (B, C, H, W) in [-1, 1]
+        flip = torch.rand(c.batch_size, generator=g) < 0.5
+        if self.config.data.hflip:
+            x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+        t = torch.randint(0, self.diffusion.num_timesteps, (c.batch_size,), generator=g)  # line 3
+        noise = torch.randn(x0.shape, generator=g)  # line 4
+        part = slice(rank * c.batch_size // n_ranks, (rank + 1) * c.batch_size // n_ranks)
+        dev = self.dist.device
+        fmt = torch.channels_last if c.channels_last else torch.contiguous_format
+        return (x0[part].to(dev).contiguous(memory_format=fmt), t[part].to(dev), noise[part].to(dev))
+
+    def _train_step(self, step: int) -> tuple[float, bool]:
+        """Lines 2-5 of Algorithm 1 with warm-up, clipping and EMA; returns (loss, whether it was applied)."""
+        c = self.config.train
+        torch.manual_seed(step_seed(c.seed, step, 3, self.dist.rank))  # dropout
+        x0, t, noise = self._draw(step)
+        for group in self.optimizer.param_groups:
+            group["lr"] = c.lr * min(1.0, (step + 1) / c.warmup) if c.warmup else c.lr
+        self.model.train()
+        amp = (torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
+               if self.autocast_dtype is not None else nullcontext())
+        with amp:
+            loss = self.diffusion.training_loss(self.net, x0, t, noise, loss=c.loss).mean()  # line 5
+        loss_value = float(loss.detach())
+        bad, stop = distributed.any_true(self.dist, not math.isfinite(loss_value), self.stop_signal is not None)
+        if stop and self.stop_signal is None:
+            self.stop_signal = "peer"
+        if bad:
+            self.optimizer.zero_grad(set_to_none=True)
+            return loss_value, False
+        self.scaler.scale(loss).backward()
+        if c.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.ema.update(self.model, step)
+        return loss_value, True
+
+    # --- the loop -------------------------------------------------------------------------------------------
+
+    def run(self) -> dict:
+        """Train to `train.steps`; returns {"step", "checkpoint", "interrupted", "samples"}."""
+        try:
+            self._restore()
+            self._prepare_run_dir()
+            with _StopOnSignals(self):
+                return self._loop()
+        finally:
+            distributed.cleanup(self.dist)
+
+    def _prepare_run_dir(self) -> None:
+        if not self.dist.is_main:
+            return
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            _atomic_write(self.run_dir / "config.toml", to_toml(self.config))
+        except OSError as err:
+            raise UserError(f"--out {self.run_dir}: cannot write there ({err.strerror or err})") from None
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+
+    def _loop(self) -> dict:
+        c = self.config.train
+        bar = tqdm(total=c.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
+                   desc="train", dynamic_ncols=True)
+        logger = _MetricsLog(self.run_dir, self.dist.is_main, c.batch_size)
+        last_saved, checkpoint = self.step, None
+        while self.step < c.steps and self.stop_signal is None:
+            loss, applied = self._train_step(self.step)
+            self.bad_losses = 0 if applied else self.bad_losses + 1
+            if self.bad_losses >= c.max_bad_losses:
+                bar.close()
+                raise UserError(f"training stopped at step {self.step + 1}: {self.bad_losses} non-finite losses in "
+                                f"a row (lower --lr or use precision fp32); the last good checkpoint is kept in "
+                                f"{self.ckpt_dir}")
+            self.step += 1
+            fault_point("train:step")  # tests kill the run here (DDPMKIT_FAULT=train:step@N)
+            bar.update(1)
+            logger.add(self.step, loss, applied, self.optimizer.param_groups[0]["lr"], bar)
+            if self.step % c.checkpoint_every == 0 or self.step == c.steps:
+                checkpoint, last_saved = self._save(), self.step
+            if self.step % c.sample_every == 0 or self.step == c.steps:
+                self.write_samples()
+        if self.stop_signal is not None and last_saved != self.step:
+            checkpoint = self._save()
+        bar.close()
+        logger.close()
+        return {"step": self.step, "checkpoint": checkpoint, "interrupted": self.stop_signal,
+                "samples": self.run_dir / "samples.png"}
+
+    @torch.no_grad()
+    def write_samples(self) -> None:
+        """A grid of num_samples images from the EMA weights, same seed every time so progress is visible."""
+        if not self.dist.is_main:
+            distributed.barrier(self.dist)
+            return
+        c, s = self.config.train, self.config.sample
+        gen = torch.Generator().manual_seed(c.seed)
+        shape = (c.num_samples, self.data.channels, self.data.image_size, self.data.image_size)
+        x = self.diffusion.sample(self.ema.model, shape, sampler=s.sampler, steps=s.steps, eta=s.eta,
+                                  generator=gen, progress=False)
+        images = from_model_range(x.cpu()).numpy()
+        save_grid(images, self.run_dir / "samples" / f"step_{self.step:09d}.png")
+        save_grid(images, self.run_dir / "samples.png")
+        if (self.run_dir / "metrics.jsonl").exists():
+            plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
+        distributed.barrier(self.dist)
+
+    def _say(self, text: str) -> None:
+        if self.dist.is_main:
+            tqdm.write(text)
+
+
+def _autocast_dtype(precision: str, device: torch.device):
+    if precision == "auto":
+        use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
+        return torch.bfloat16 if use_bf16 else None
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop log lines past `step` (written after the checkpoint a resumed run starts from)."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
+    _atomic_write(path, "".join(line + "\n" for line in keep))
+
+
+class _MetricsLog:
+    """metrics.jsonl (and TensorBoard when installed): mean loss, lr and images/s per log interval."""
+
+    def __init__(self, run_dir: Path, enabled: bool, batch_size: int):
+        self.enabled, self.batch_size = enabled, batch_size
+        self.every = None
+        self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
+        self.tb = _tensorboard(run_dir) if enabled else None
+        self.losses, self.skipped, self.t0 = [], 0, time.perf_counter()
+
+    def add(self, step: int, loss: float, applied: bool, lr: float, bar) -> None:
+        if applied:
+            self.losses.append(loss)
+        else:
+            self.skipped += 1
+        n = len(self.losses) + self.skipped
+        if not self.enabled or (step % 50 and n < 50):
+            return
+        dt = time.perf_counter() - self.t0
+        row = {"step": step, "loss": float(np.mean(self.losses)) if self.losses else float("nan"), "lr": lr,
+               "images_per_sec": n * self.batch_size / dt, "skipped": self.skipped, "time": time.time()}
+        self.file.write(json.dumps(row) + "\n")
+        self.file.flush()
+        if self.tb is not None:
+            self.tb.add_scalar("loss", row["loss"], step)
+            self.tb.add_scalar("images_per_sec", row["images_per_sec"], step)
+        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_sec']:.0f}")
+        self.losses, self.skipped, self.t0 = [], 0, time.perf_counter()
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+def _tensorboard(run_dir: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:  # tensorboard is optional
+        return None
+    return SummaryWriter(str(run_dir / "tb"))
+
+
+class _StopOnSignals:
+    """SIGINT/SIGTERM: finish the current step, save a checkpoint, and return (the CLI exits 128 + signal)."""
+
+    def __init__(self, trainer: Trainer):
+        self.trainer, self.old = trainer, {}
+
+    def _handle(self, signum, frame):
+        self.trainer.stop_signal = signal.Signals(signum).name
+
+    def __enter__(self):
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            try:
+                self.old[sig] = signal.signal(sig, self._handle)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self.old.items():
+            signal.signal(sig, old)

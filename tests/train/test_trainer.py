@@ -1,0 +1,170 @@
+"""Training end to end: a short run, kill and resume bit for bit, a corrupt checkpoint, torchrun, CLI errors."""
+
+import os
+import random
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from ddpmkit.cli import main
+
+# A tiny model on the built-in digits with a short chain: seconds per run on two cores.
+TINY = ["--set", "model.preset=\"tiny\"", "--set", "diffusion.timesteps=20", "--set", "train.num_samples=4",
+        "--set", "train.log_every=5", "--batch-size", "16", "--no-progress"]
+
+
+def ddpm(*args, env=None, check=True):
+    """Run the CLI in a fresh process (needed for SIGKILL and signals); returns the CompletedProcess."""
+    full_env = {**os.environ, "PYTHONHASHSEED": "0", **(env or {})}
+    proc = subprocess.run([sys.executable, "-m", "ddpmkit.cli", *args], capture_output=True, text=True,
+                          env=full_env, timeout=600)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"ddpm {' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def final_bytes(run: Path, step: int) -> dict[str, bytes]:
+    ckpt = run / "checkpoints" / f"step_{step:09d}"
+    return {name: (ckpt / name).read_bytes() for name in ("model.safetensors", "ema.safetensors",
+                                                          "state.safetensors")}
+
+
+def test_short_run_writes_everything_and_samples(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--steps", "10", "--checkpoint-every", "5", "--sample-every", "10",
+                 *TINY]) == 0
+    for name in ("config.toml", "metrics.jsonl", "loss.png", "samples.png", "samples/step_000000010.png"):
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000000005", "step_000000010"]
+    npz = tmp_path / "s.npz"
+    assert main(["sample", str(run), "--n", "5", "--steps", "10", "--npz", str(npz), "--out",
+                 str(tmp_path / "g.png"), "--no-progress"]) == 0
+    arr = np.load(npz)["arr_0"]
+    assert arr.shape == (5, 8, 8, 1) and arr.dtype == np.uint8
+    assert (tmp_path / "g.png").is_file()
+    assert "step 10" in capsys.readouterr().out
+
+
+def test_python_api_loads_a_run_and_samples(tmp_path):
+    import ddpmkit
+
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--steps", "4", "--checkpoint-every", "4", "--sample-every", "4",
+                 *TINY]) == 0
+    pipe = ddpmkit.load(run)
+    images = pipe.sample(3, steps=5)
+    assert images.shape == (3, 8, 8, 1) and images.dtype == np.uint8
+    assert pipe.step == 4 and pipe.diffusion.num_timesteps == 20
+
+
+def test_kill_at_a_random_step_and_resume_is_bit_exact(tmp_path):
+    steps = 12
+    common = ["--steps", str(steps), "--checkpoint-every", "3", "--sample-every", "100", *TINY]
+    ddpm("train", "--out", str(tmp_path / "straight"), *common)
+    kill_at = random.Random(0).randint(4, steps - 1)  # after a checkpoint, between two others
+    killed = ddpm("train", "--out", str(tmp_path / "killed"), *common, env={"DDPMKIT_FAULT": f"train:step@{kill_at}"},
+                  check=False)
+    assert killed.returncode == -9
+    ddpm("train", "--out", str(tmp_path / "killed"), "--resume", *common)
+    assert final_bytes(tmp_path / "killed", steps) == final_bytes(tmp_path / "straight", steps)
+
+
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+    run = tmp_path / "run"
+    common = ["--checkpoint-every", "3", "--sample-every", "100", *TINY]
+    assert main(["train", "--out", str(run), "--steps", "6", *common]) == 0
+    weights = run / "checkpoints" / "step_000000006" / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one byte flipped
+    weights.write_bytes(bytes(data))
+    proc = ddpm("train", "--out", str(run), "--resume", "--steps", "9", *common)
+    assert "skipping step_000000006" in proc.stderr + proc.stdout
+    assert "SHA-256" in proc.stderr + proc.stdout
+    assert "resuming from" in proc.stderr + proc.stdout and "(step 3)" in proc.stderr + proc.stdout
+    assert (run / "checkpoints" / "step_000000009" / "manifest.json").is_file()
+
+
+def test_resume_with_a_changed_config_is_refused_unless_forced(tmp_path, capsys):
+    run = tmp_path / "run"
+    assert main(["train", "--out", str(run), "--steps", "2", "--checkpoint-every", "2", *TINY]) == 0
+    capsys.readouterr()
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", *TINY, "--set", "model.ch=8"]) == 2
+    err = capsys.readouterr().err
+    assert "model.ch: None -> 8" in err and "--force" in err and err.count("\n") == 1
+    assert main(["train", "--out", str(run), "--steps", "4", *TINY]) == 2  # an existing run without --resume
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--data", "/no/such/folder"], ["/no/such/folder"]),
+        (["--set", "train.nonsense=1"], ["train.nonsense"]),
+        (["--set", "diffusion.variance=\"tiny\""], ["diffusion.variance", "fixed_large"]),
+        (["--batch-size", "5000"], ["5000", "batch"]),
+        (["--config", "/no/such.toml"], ["/no/such.toml"]),
+        (["--set", "model.preset=\"huge\""], ["huge", "cifar10"]),
+        (["--steps", "0"], ["train.steps"]),
+    ],
+)
+def test_user_mistakes_get_one_line_and_exit_2(tmp_path, capsys, args, words):
+    assert main(["train", "--out", str(tmp_path / "r"), "--no-progress", *args]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    for w in words:
+        assert w in err
+
+
+def test_bad_flag_and_bad_run_dir_exit_2(tmp_path):
+    proc = ddpm("train", "--out", str(tmp_path / "r"), "--steps", "many", check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "--steps" in proc.stderr
+    proc = ddpm("sample", str(tmp_path / "nothing"), check=False)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1 and "nothing" in proc.stderr
+
+
+def test_dry_run_prints_the_resolved_config(capsys):
+    assert main(["train", "--out", "unused", "--dry-run", "--lr", "3e-4", "--set", "train.warmup=7"]) == 0
+    out = capsys.readouterr().out
+    assert "lr = 0.0003" in out and "warmup = 7" in out and 'spec = "digits"' in out
+
+
+def test_sigterm_finishes_the_step_saves_and_exits(tmp_path):
+    run = tmp_path / "run"
+    cmd = [sys.executable, "-m", "ddpmkit.cli", "train", "--out", str(run), "--steps", "100000",
+           "--checkpoint-every", "100000", "--sample-every", "100000", *TINY]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    metrics = run / "metrics.jsonl"
+    import time
+
+    deadline = time.time() + 120
+    while not (metrics.exists() and metrics.stat().st_size) and time.time() < deadline:
+        time.sleep(0.2)
+    proc.terminate()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + 15, err
+    assert "stopped by SIGTERM" in out
+    ckpts = list((run / "checkpoints").glob("step_*"))
+    assert len(ckpts) == 1 and (ckpts[0] / "manifest.json").is_file()
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
+                    reason="torchrun not installed")
+def test_torchrun_two_processes_match_one_process(tmp_path):
+    common = ["--steps", "4", "--checkpoint-every", "4", "--sample-every", "100", *TINY]
+    ddpm("train", "--out", str(tmp_path / "one"), *common)
+    torchrun = str(Path(sys.executable).with_name("torchrun"))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "ddpmkit.cli", "train",
+                           "--out", str(tmp_path / "two"), *common], capture_output=True, text=True, env=env,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    one = load_file(str(tmp_path / "one/checkpoints/step_000000004/model.safetensors"))
+    two = load_file(str(tmp_path / "two/checkpoints/step_000000004/model.safetensors"))
+    assert one.keys() == two.keys()
+    for k in one:
+        assert np.allclose(one[k], two[k], rtol=1e-4, atol=1e-6), k
