@@ -30,8 +30,12 @@ def build_diffusion(config: RunConfig) -> Diffusion:
 def build_model(config: RunConfig, image_size: int, channels: int) -> UNet:
     """The configured U-Net for (channels, image_size, image_size) data; 2C outputs for learned variances."""
     out_channels = 2 * channels if config.diffusion.variance == "learned_range" else channels
-    return UNet.from_preset(config.model.preset, in_channels=channels, out_channels=out_channels,
-                            image_size=image_size, **config.model.overrides())
+    options = config.model.overrides()
+    if "attn_resolutions" in options:
+        # resolutions the user names refer to this data's size; a preset's own refer to the preset's size, so
+        # on other data attention stays at the same levels (the net is convolutional)
+        options["image_size"] = image_size
+    return UNet.from_preset(config.model.preset, in_channels=channels, out_channels=out_channels, **options)
 
 
 @dataclass

@@ -1,0 +1,1 @@
+"""Figures drawn from data: sample grids, loss curves (and later the paper's figures)."""

@@ -1,0 +1,72 @@
+"""Configs: presets load and validate, cifar10 is the paper's setup, TOML round trip, refusals."""
+
+import tomllib
+
+import pytest
+
+from ddpmkit.cli import main
+from ddpmkit.config import RunConfig, config_differences, load_config, parse_value, preset_names, to_toml
+from ddpmkit.errors import ConfigError
+from ddpmkit.models import UNet
+
+
+def test_presets_exist_and_load():
+    assert {"digits", "fashion_mnist", "cifar10"} <= set(preset_names())
+    for name in preset_names():
+        config = load_config(name)
+        assert RunConfig.from_dict(tomllib.loads(to_toml(config))) == config  # TOML round trip
+
+
+def test_cifar10_preset_is_the_papers_setup():
+    c = load_config("cifar10")
+    assert (c.diffusion.schedule, c.diffusion.timesteps, c.diffusion.beta_start, c.diffusion.beta_end) == (
+        "linear", 1000, 1e-4, 0.02)
+    assert (c.diffusion.parameterization, c.diffusion.variance, c.train.loss) == ("eps", "fixed_large", "simple")
+    t = c.train
+    assert (t.lr, t.warmup, t.grad_clip, t.batch_size, t.ema_decay, t.steps) == (2e-4, 5000, 1.0, 128, 0.9999, 800000)
+    assert c.data.hflip and c.model.preset == "cifar10"
+    net = UNet.from_preset(c.model.preset, **c.model.overrides())
+    assert net.config["dropout"] == 0.1 and tuple(net.config["attn_resolutions"]) == (16,)
+
+
+def test_default_is_digits():
+    assert load_config(None) == load_config("digits")
+    assert load_config(None).data.spec == "digits" and not load_config(None).data.hflip
+
+
+@pytest.mark.parametrize("key, value, words", [
+    ("train.lr", -1.0, "train.lr"), ("train.loss", "l1", "hybrid"), ("diffusion.schedule", "sqrt", "cosine"),
+    ("data.channels", 2, "data.channels"), ("model.dropout", 1.5, "model.dropout"), ("nope.x", 1, "known keys"),
+    ("train.steps", 2.5, "integer"), ("sample.sampler", "euler", "ddim"),
+])
+def test_bad_values_are_refused_with_what_is_allowed(key, value, words):
+    with pytest.raises(ConfigError, match=words):
+        load_config("digits").replace(key, value)
+
+
+def test_unknown_sections_and_files(tmp_path):
+    with pytest.raises(ConfigError, match="unknown section"):
+        RunConfig.from_dict({"optimizer": {}})
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[train\nlr=1")
+    with pytest.raises(ConfigError, match="bad.toml"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="presets"):
+        load_config("cifar11")
+
+
+def test_parse_value_and_differences():
+    assert parse_value("3") == 3 and parse_value("true") is True and parse_value("[1, 2]") == [1, 2]
+    assert parse_value("hello") == "hello" and parse_value('"x"') == "x"
+    a, b = load_config("digits").to_dict(), load_config("digits").replace("train.steps", 9).to_dict()
+    assert config_differences(a, b) == []  # more steps is a resumable change
+    b = load_config("digits").replace("model.ch", 8).to_dict()
+    assert config_differences(a, b) == ["model.ch: None -> 8"]
+
+
+def test_help_lists_the_subcommands(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    out = capsys.readouterr().out
+    assert "train" in out and "sample" in out
