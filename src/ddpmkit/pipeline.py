@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -83,7 +84,7 @@ def load(path: str | Path, *, ema: bool = True, device: str | torch.device | Non
     elif path.is_dir():
         ckpt, warnings = latest_valid_checkpoint(path / "checkpoints")
         for w in warnings:
-            print(f"warning: {w}")
+            print(f"warning: {w}", file=sys.stderr)
         if ckpt is None:
             raise CheckpointError(f"{path}: no valid checkpoint in {path / 'checkpoints'}; train first with ddpm train")
     else:

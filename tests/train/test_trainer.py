@@ -74,17 +74,24 @@ def test_kill_at_a_random_step_and_resume_is_bit_exact(tmp_path):
     assert final_bytes(tmp_path / "killed", steps) == final_bytes(tmp_path / "straight", steps)
 
 
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path):
+def flip_one_byte(data: bytes) -> bytes:
+    out = bytearray(data)
+    out[len(out) // 2] ^= 0xFF
+    return bytes(out)
+
+
+@pytest.mark.parametrize("corrupt, found_by", [(flip_one_byte, "SHA-256"), (lambda data: data[: len(data) // 3],
+                                                                         "manifest.json says")],
+                         ids=["flipped", "truncated"])
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt, found_by):
     run = tmp_path / "run"
     common = ["--checkpoint-every", "3", "--sample-every", "100", *TINY]
     assert main(["train", "--out", str(run), "--steps", "6", *common]) == 0
     weights = run / "checkpoints" / "step_000000006" / "model.safetensors"
-    data = bytearray(weights.read_bytes())
-    data[len(data) // 2] ^= 0xFF  # one byte flipped
-    weights.write_bytes(bytes(data))
+    weights.write_bytes(corrupt(weights.read_bytes()))
     proc = ddpm("train", "--out", str(run), "--resume", "--steps", "9", *common)
     assert "skipping step_000000006" in proc.stderr + proc.stdout
-    assert "SHA-256" in proc.stderr + proc.stdout
+    assert found_by in proc.stderr + proc.stdout
     assert "resuming from" in proc.stderr + proc.stdout and "(step 3)" in proc.stderr + proc.stdout
     assert (run / "checkpoints" / "step_000000009" / "manifest.json").is_file()
 
@@ -168,3 +175,15 @@ def test_torchrun_two_processes_match_one_process(tmp_path):
     assert one.keys() == two.keys()
     for k in one:
         assert np.allclose(one[k], two[k], rtol=1e-4, atol=1e-6), k
+
+
+def test_the_quickstart_training_command_with_fewer_steps(tmp_path):
+    readme = (Path(__file__).parents[2] / "README.md").read_text()
+    line = readme.split("<!-- quickstart: train -->")[1].split("```bash\n")[1].split("\n")[0]
+    train = next(part.strip() for part in line.split("&&") if part.strip().startswith("ddpm train"))
+    args = train.split()[1:]
+    args[args.index("--out") + 1] = str(tmp_path / "digits")
+    ddpm(*args, "--steps", "3", "--sample-every", "3", "--set", "train.num_samples=4", "--set", "sample.steps=5",
+         "--no-progress")
+    assert (tmp_path / "digits" / "samples.png").is_file()
+    assert (tmp_path / "digits" / "checkpoints" / "step_000000003" / "manifest.json").is_file()

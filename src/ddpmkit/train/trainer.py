@@ -20,6 +20,7 @@ from __future__ import annotations
 import json
 import math
 import signal
+import sys
 import time
 from contextlib import nullcontext
 from pathlib import Path
@@ -278,7 +279,7 @@ class Trainer:
 
     def _say(self, text: str) -> None:
         if self.dist.is_main:
-            tqdm.write(text)
+            tqdm.write(text, file=sys.stderr)
 
 
 def _autocast_dtype(precision: str, device: torch.device):
