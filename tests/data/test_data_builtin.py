@@ -15,7 +15,7 @@ def digits():
 
 
 def test_digits_pixels_and_labels(digits):
-    ds = load_dataset("digits")
+    ds = load_dataset("digits", split="all")
     assert ds.images.shape == (1797, 8, 8, 1) and ds.images.dtype == np.uint8
     assert ds.name == "digits" and (ds.image_size, ds.channels, ds.num_skipped) == (8, 1, 0)
     expected = np.rint(digits.images * 255 / 16).astype(np.uint8)
@@ -30,12 +30,14 @@ def test_digits_splits(digits):
     test = load_dataset("digits", split="test")
     assert len(test) == 297
     np.testing.assert_array_equal(test.labels, digits.target[-297:])
-    assert len(load_dataset("digits", split="all")) == len(load_dataset("DIGITS", split="train")) == 1797
+    train = load_dataset("DIGITS", split="train")
+    assert len(load_dataset("digits", split="all")) == 1797 and len(train) == 1500  # train and test are disjoint
+    np.testing.assert_array_equal(train.labels, digits.target[:1500])
 
 
 def test_digits_resized_to_rgb():
     ds = load_dataset("digits", image_size=16, channels=3)
-    assert ds.images.shape == (1797, 16, 16, 3)
+    assert ds.images.shape == (1500, 16, 16, 3)
     assert (ds.images[..., 0] == ds.images[..., 2]).all()  # grey repeated into RGB
     small = load_dataset("digits")
     # bicubic upsampling keeps the mean brightness close

@@ -3,10 +3,9 @@
 It ships inside scikit-learn, so it needs no download and is the default data set: 1797 grey 8x8 images with
 levels 0..16, mapped to uint8 by round(v * 255 / 16) (16 -> 255, 8 -> 128), labels 0..9 kept.
 
-Splits (decision): "train" and "all" are all 1797 images, because the set is small and is meant for training
-demos; "test" is the fixed last 297 images (indices 1500..1796), a deterministic reference set for evaluation.
-Note that "test" therefore overlaps "train": it measures fit, not generalisation. For a disjoint split, save
-images[:1500] and images[1500:] as two .npz files.
+Splits (decision): "train" is the first 1500 images and "test" the fixed last 297 (indices 1500..1796), disjoint,
+so that the NLL and the memorisation check of `ddpm eval` measure generalisation to images the model never saw;
+"all" is all 1797.
 """
 
 from __future__ import annotations
@@ -30,4 +29,6 @@ def load_digits(*, image_size: int | None, channels: int | None, split: str) -> 
     labels = bunch.target.astype(np.int64)
     if split == "test":
         images, labels = images[-DIGITS_TEST_SIZE:], labels[-DIGITS_TEST_SIZE:]
+    elif split == "train":
+        images, labels = images[:-DIGITS_TEST_SIZE], labels[:-DIGITS_TEST_SIZE]
     return finish(images, labels, "digits", image_size=image_size, channels=channels)
