@@ -131,7 +131,9 @@ def _fid(ctx: _Context) -> None:
 def _is(ctx: _Context) -> None:
     from .fid import inception_score
 
-    mean, std = inception_score(ctx.features("fake")["logits"])
+    fake = ctx.features("fake")
+    # the reference IS takes the softmax of pool3 @ W without the bias; the Inception extractor gives that too
+    mean, std = inception_score(fake.get("logits_unbiased", fake["logits"]))
     ctx.result.update({"is_mean": float(mean), "is_std": float(std)})
 
 

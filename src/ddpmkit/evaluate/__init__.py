@@ -1,0 +1,1 @@
+"""Evaluation: likelihood in bits/dim, FID and IS, precision/recall, memorisation."""
