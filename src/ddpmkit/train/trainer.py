@@ -61,10 +61,10 @@ class BatchOrder:
         return self._perms[epoch]
 
     def indices(self, step: int) -> torch.Tensor:
+        """Positions step*B .. step*B + B - 1 of the stream; a batch may straddle two epochs."""
         pos = torch.arange(step * self.b, (step + 1) * self.b)
         epochs, offsets = pos // self.n, pos % self.n
-        return torch.stack([self._perm(int(e))[int(o)] for e, o in zip(epochs, offsets)]) if len(
-            set(epochs.tolist())) > 1 else self._perm(int(epochs[0]))[offsets]
+        return torch.cat([self._perm(int(e))[offsets[epochs == e]] for e in epochs.unique()])
 
 
 class Trainer:
@@ -192,9 +192,7 @@ class Trainer:
         with amp:
             loss = self.diffusion.training_loss(self.net, x0, t, noise, loss=c.loss).mean()  # line 5
         loss_value = float(loss.detach())
-        bad, stop = distributed.any_true(self.dist, not math.isfinite(loss_value), self.stop_signal is not None)
-        if stop and self.stop_signal is None:
-            self.stop_signal = "peer"
+        (bad,) = distributed.any_true(self.dist, not math.isfinite(loss_value))  # all ranks skip together
         if bad:
             self.optimizer.zero_grad(set_to_none=True)
             return loss_value, False
@@ -236,7 +234,12 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         logger = _MetricsLog(self.run_dir, self.dist.is_main, c.batch_size)
         last_saved, checkpoint = self.step, None
-        while self.step < c.steps and self.stop_signal is None:
+        while self.step < c.steps:
+            # a signal may reach one rank only: all ranks agree before the step whether to stop
+            (stop,) = distributed.any_true(self.dist, self.stop_signal is not None)
+            if stop:
+                self.stop_signal = self.stop_signal or "peer"
+                break
             loss, applied = self._train_step(self.step)
             self.bad_losses = 0 if applied else self.bad_losses + 1
             if self.bad_losses >= c.max_bad_losses:
