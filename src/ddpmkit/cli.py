@@ -202,13 +202,13 @@ def cmd_eval(args) -> int:
 
 def cmd_train_classifier(args) -> int:
     from .data import load_dataset
-    from .evaluate.classifier import train_classifier
+    from .evaluate.classifier import format_report, train_classifier
 
     data = load_dataset(args.data, image_size=args.image_size, channels=args.channels, split="train")
     kwargs = {"steps": args.steps} if args.steps else {}
     result = train_classifier(data, args.out, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
                               progress=not args.no_progress, **kwargs)
-    print(", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.items()))
+    print(format_report(result))
     print(f"wrote {args.out}: use it with ddpm eval --features {args.out}")
     return 0
 
