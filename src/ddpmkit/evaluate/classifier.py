@@ -18,7 +18,6 @@ References:
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 import json
 import math
@@ -37,6 +36,7 @@ from tqdm.auto import tqdm
 from ..data import ImageDataset, to_model_range
 from ..errors import CheckpointError, DataError, UserError
 from ..train.checkpoint import check_weights_fit, load_weights_file
+from ..train.safeload import file_sha256
 
 FORMAT, FORMAT_VERSION = "ddpmkit-classifier", "1"
 DEFAULT_EPOCHS, MIN_STEPS = 4, 300  # the default length: 4 passes over the training images, at least 300 steps
@@ -273,12 +273,6 @@ def format_report(result: dict) -> str:
 # ---------------------------------------------------------------- loading and feature extraction
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _read_metadata(path: Path) -> tuple[ClassifierConfig, dict[str, str]]:
@@ -354,4 +348,4 @@ def load_classifier(path: Path, device: str | torch.device = "cpu") -> Classifie
     check_weights_fit(model, weights, str(path))
     model.load_state_dict(weights)
     model.to(device).eval().requires_grad_(False)
-    return ClassifierFeatures(model, path, meta, _sha256(path), device)
+    return ClassifierFeatures(model, path, meta, file_sha256(path), device)

@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from ddpmkit.errors import ConfigError, DataError, UserError
 from ddpmkit.train.checkpoint import check_weights_fit, load_weights_file
+from ddpmkit.train.safeload import file_sha256
 
 INPUT_SIZE = 299
 NUM_CLASSES = 1008
@@ -269,12 +270,6 @@ class InceptionFeatures:
                 (("features", features), ("logits", logits), ("logits_unbiased", unbiased))}  # fmt: skip
 
 
-def _file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(2**20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _with_batch_counters(net: nn.Module, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -298,7 +293,7 @@ def load_inception(path: str | Path | None = None, device: str | torch.device = 
     weights = _with_batch_counters(net, load_weights_file(path))
     check_weights_fit(net, weights, str(path))
     net.load_state_dict(weights)
-    return InceptionFeatures(net, _file_sha256(path), device)
+    return InceptionFeatures(net, file_sha256(path), device)
 
 
 def random_inception(seed: int = 0, device: str | torch.device = "cpu") -> InceptionFeatures:

@@ -7,6 +7,7 @@ length, JSON, dtypes, shapes and offsets in bounded time and memory before the s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -108,6 +109,15 @@ def _check_safetensors(path: Path) -> None:
     if not isinstance(header, dict):
         raise CheckpointFileError(path, "not a safetensors file: its header is not a JSON object")
     _check_tensor_entries(path, header, size - 8 - length)
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, streamed in 1 MiB chunks (weights files name their extractor in cache keys by it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(2**20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
 
 
 def load_weights_file(path: Path, *, map_location: str | int | torch.device = "cpu") -> dict[str, torch.Tensor]:
