@@ -55,6 +55,11 @@ def test_unknown_sections_and_files(tmp_path):
         load_config("cifar11")
 
 
+def test_sample_steps_cannot_exceed_T():
+    with pytest.raises(ConfigError, match="sample.steps = 100 is more than diffusion.timesteps = 20"):
+        load_config("digits").replace("diffusion.timesteps", 20)
+
+
 def test_parse_value_and_differences():
     assert parse_value("3") == 3 and parse_value("true") is True and parse_value("[1, 2]") == [1, 2]
     assert parse_value("hello") == "hello" and parse_value('"x"') == "x"

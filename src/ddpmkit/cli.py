@@ -121,17 +121,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 def resolve_train_config(args) -> RunConfig:
     """The preset or file, then each flag, then each --set, in that order."""
-    config = load_config(args.config)
-    for flag, key in TRAIN_FLAGS.items():
-        value = getattr(args, flag)
-        if value is not None:
-            config = config.replace(key, value)
+    values = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:
             raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set train.warmup=500")
-        config = config.replace(key.strip(), parse_value(value.strip()))
-    return config
+        values[key.strip()] = parse_value(value.strip())
+    return load_config(args.config).with_values(values, source="--set")
 
 
 def cmd_train(args) -> int:

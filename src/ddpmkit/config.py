@@ -160,6 +160,11 @@ class RunConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
 
+    def __post_init__(self):
+        if self.sample.steps is not None and self.sample.steps > self.diffusion.timesteps:
+            raise ConfigError(f"sample.steps = {self.sample.steps} is more than diffusion.timesteps = "
+                              f"{self.diffusion.timesteps}: lower it (e.g. --set sample.steps={self.diffusion.timesteps})")
+
     def to_dict(self) -> dict:
         return asdict(self)
 
@@ -183,13 +188,19 @@ class RunConfig:
 
     def replace(self, key: str, value: Any) -> "RunConfig":
         """A copy with `section.name` set to value (validated)."""
-        section, _, name = key.partition(".")
+        return self.with_values({key: value})
+
+    def with_values(self, values: dict[str, Any], source: str = "--set") -> "RunConfig":
+        """A copy with every `section.name` of `values` set, validated once all are in place (so that
+        --set diffusion.timesteps=20 --set sample.steps=10 is checked as a whole)."""
         raw = self.to_dict()
-        if section not in raw or not name or name not in raw[section]:
-            known = [f"{s}.{k}" for s, d in raw.items() for k in d]
-            raise ConfigError(f"--set {key}: unknown key; known keys: {', '.join(known)}")
-        raw[section][name] = value
-        return RunConfig.from_dict(raw, source=f"--set {key}")
+        for key, value in values.items():
+            section, _, name = key.partition(".")
+            if section not in raw or not name or name not in raw[section]:
+                known = [f"{s}.{k}" for s, d in raw.items() for k in d]
+                raise ConfigError(f"{source} {key}: unknown key; known keys: {', '.join(known)}")
+            raw[section][name] = value
+        return RunConfig.from_dict(raw, source=f"{source} {', '.join(values)}")
 
 
 def preset_names() -> list[str]:

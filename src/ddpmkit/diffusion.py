@@ -380,7 +380,7 @@ def _gen_device(generator: torch.Generator | None, x: torch.Tensor):
 def timestep_subsequence(num_timesteps: int, steps: int) -> np.ndarray:
     """`steps` evenly spaced indices from 0 to T-1, both ends included [IDDPM Sec. 4]."""
     if not 1 <= steps <= num_timesteps:
-        raise ConfigError(f"steps must be between 1 and T = {num_timesteps}, got {steps}")
+        raise ConfigError(f"sampling steps must be between 1 and T = {num_timesteps}, got {steps}")
     if steps == 1:
         return np.array([num_timesteps - 1])
     return np.unique(np.round(np.linspace(0, num_timesteps - 1, steps)).astype(np.int64))

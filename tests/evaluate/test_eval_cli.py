@@ -7,7 +7,7 @@ import pytest
 
 from ddpmkit.cli import main
 
-TINY = ["--set", "model.preset=\"tiny\"", "--set", "diffusion.timesteps=20", "--set", "train.num_samples=4",
+TINY = ["--set", "model.preset=\"tiny\"", "--set", "diffusion.timesteps=20", "--set", "sample.steps=10", "--set", "train.num_samples=4",
         "--batch-size", "16", "--no-progress"]
 
 

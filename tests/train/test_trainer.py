@@ -14,7 +14,7 @@ from safetensors.numpy import load_file
 from ddpmkit.cli import main
 
 # A tiny model on the built-in digits with a short chain: seconds per run on two cores.
-TINY = ["--set", "model.preset=\"tiny\"", "--set", "diffusion.timesteps=20", "--set", "train.num_samples=4",
+TINY = ["--set", "model.preset=\"tiny\"", "--set", "diffusion.timesteps=20", "--set", "sample.steps=10", "--set", "train.num_samples=4",
         "--set", "train.log_every=5", "--batch-size", "16", "--no-progress"]
 
 
