@@ -251,10 +251,12 @@ class Trainer:
             fault_point("train:step")  # tests kill the run here (DDPMKIT_FAULT=train:step@N)
             bar.update(1)
             logger.add(self.step, loss, applied, self.optimizer.param_groups[0]["lr"], bar)
+            paused = time.perf_counter()
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 checkpoint, last_saved = self._save(), self.step
             if self.step % c.sample_every == 0 or self.step == c.steps:
                 self.write_samples()
+            logger.t0 += time.perf_counter() - paused  # images/s counts training time only
         if self.stop_signal is not None and last_saved != self.step:
             checkpoint = self._save()
         bar.close()
