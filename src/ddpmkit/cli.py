@@ -47,7 +47,8 @@ def _add_train(sub) -> None:
     p.add_argument("--resume", action="store_true", help="continue from the newest valid checkpoint in --out")
     p.add_argument("--force", action="store_true", help="with --resume: accept a changed config")
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images (counted)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config value, e.g. train.warmup=500")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="any config value, e.g. train.warmup=500")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -162,8 +162,9 @@ class RunConfig:
 
     def __post_init__(self):
         if self.sample.steps is not None and self.sample.steps > self.diffusion.timesteps:
-            raise ConfigError(f"sample.steps = {self.sample.steps} is more than diffusion.timesteps = "
-                              f"{self.diffusion.timesteps}: lower it (e.g. --set sample.steps={self.diffusion.timesteps})")
+            T = self.diffusion.timesteps
+            raise ConfigError(f"sample.steps = {self.sample.steps} is more than diffusion.timesteps = {T}: "
+                              f"lower it (e.g. --set sample.steps={T})")
 
     def to_dict(self) -> dict:
         return asdict(self)

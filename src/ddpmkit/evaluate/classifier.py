@@ -225,8 +225,9 @@ def train_classifier(dataset: ImageDataset, out: Path, *, steps: int | None = No
     """Train a SmallClassifier on a labelled data set, write it to `out` (safetensors) and report its accuracy.
 
     steps: None trains for 4 passes over the training images, at least 300 steps (digits: 300 steps, 99% held-out
-    in about 20 s; Fashion-MNIST: 1688 steps, 92% held-out in about 7 min, both on one busy CPU core). Deterministic on CPU for a given seed and thread count (the order
-    of float sums in a convolution depends on the threads). `val_fraction` of the images (a random subset) is held
+    in about 20 s; Fashion-MNIST: 1688 steps, 92% held-out in about 7 min, both on one busy CPU core).
+    Deterministic on CPU for a given seed and thread count (the order of float sums in a convolution depends on
+    the threads). `val_fraction` of the images (a random subset) is held
     out and never trained on; `heldout_accuracy` is measured there (None when val_fraction is 0). `train_accuracy`
     is measured on at most 10,000 training images. `augment` shifts images by up to size/8 pixels, never flips.
     """

@@ -96,7 +96,8 @@ def read_samples(path: Path, real: ImageDataset) -> np.ndarray:
     if arr.dtype != np.uint8:
         raise DataError(f"--samples {path}: dtype {arr.dtype}, expected uint8 (N, H, W, C) as ddpm sample --npz writes")
     if arr.ndim != 4 or arr.shape[1:] != real.images.shape[1:]:
-        raise DataError(f"--samples {path}: shape {arr.shape}, expected (N, {', '.join(map(str, real.images.shape[1:]))}) "
+        expected = ", ".join(map(str, real.images.shape[1:]))
+        raise DataError(f"--samples {path}: shape {arr.shape}, expected (N, {expected}) "
                         f"to match {real.name}")
     return arr
 

@@ -77,15 +77,6 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def broadcast_object(info: DistInfo, obj):
-    """rank 0's `obj` on every rank."""
-    if not info.active:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def cleanup(info: DistInfo) -> None:
     if info.active and dist.is_initialized():
         dist.destroy_process_group()
