@@ -1,11 +1,18 @@
-"""Shared test settings: few threads, so parallel helpers and CI's two cores are not oversubscribed."""
+"""Shared test settings.
+
+One thread per process: the tests use tiny tensors, where a second thread gains little, and on a shared or busy
+two-core machine OpenMP threads that spin-wait for each other slow everything down several times. Set before
+torch is imported, OMP_NUM_THREADS also reaches the `ddpm` processes that tests start.
+"""
 
 import os
 
-import pytest
-import torch
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+torch.set_num_threads(1)
 
 
 @pytest.fixture
