@@ -105,6 +105,10 @@ def test_resume_with_a_changed_config_is_refused_unless_forced(tmp_path, capsys)
     assert "model.ch: None -> 8" in err and "--force" in err and err.count("\n") == 1
     assert main(["train", "--out", str(run), "--steps", "4", *TINY]) == 2  # an existing run without --resume
     assert "--resume" in capsys.readouterr().err
+    # forced, a model of another size still cannot take the weights: one line naming the file, not a traceback
+    assert main(["train", "--out", str(run), "--resume", "--force", "--steps", "4", *TINY, "--set", "model.ch=8"]) == 2
+    error_lines = [line for line in capsys.readouterr().err.splitlines() if "error" in line]
+    assert len(error_lines) == 1 and "model.safetensors does not fit the model" in error_lines[0]
 
 
 @pytest.mark.parametrize(

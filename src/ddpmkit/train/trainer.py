@@ -35,7 +35,7 @@ from ..errors import ConfigError, UserError
 from ..figures.grid import plot_loss, save_grid
 from ..pipeline import build_diffusion, build_model
 from . import distributed
-from .checkpoint import latest_valid_checkpoint, list_checkpoints, save_checkpoint
+from .checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .ema import EMA
 from .faults import fault_point
 
@@ -132,6 +132,8 @@ class Trainer:
             self._say(f"no checkpoint in {self.ckpt_dir} yet: starting from step 0")
             return
         self._check_same_run(ckpt.config or {}, ckpt.path)
+        for name in ("model", "ema"):  # a --force'd change of model size ends here, with the keys named
+            check_weights_fit(self.model, ckpt.weights[name], f"{ckpt.path}/{name}.safetensors")
         self.model.load_state_dict(ckpt.weights["model"])
         self.ema.load_state_dict(ckpt.weights["ema"])
         self.optimizer.load_state_dict(ckpt.state["optimizer"])
