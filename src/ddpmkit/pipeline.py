@@ -97,10 +97,9 @@ def load(path: str | Path, *, ema: bool = True, device: str | torch.device | Non
     name = "ema" if ema and "ema" in ckpt.weights else "model"
     check_weights_fit(model, ckpt.weights[name], f"{ckpt.path}/{name}.safetensors")
     model.load_state_dict(ckpt.weights[name])
-    device = torch.device(device) if device is not None else _default_device()
+    from .train.distributed import pick_device
+
+    device = pick_device(str(device) if device is not None else "auto")
     model = model.to(device).eval()
     return Pipeline(model, build_diffusion(config).to(device), config, image_size, channels, ckpt.step, ckpt.path)
 
-
-def _default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")

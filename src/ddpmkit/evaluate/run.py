@@ -17,6 +17,7 @@ import numpy as np
 
 from ..data import ImageDataset, load_dataset
 from ..errors import DataError, UserError
+from ..samplers import model_device
 
 METRICS = ("nll", "fid", "is", "pr", "memo")
 
@@ -110,7 +111,7 @@ def _nll(ctx: _Context) -> None:
     r, pipe = ctx.request, ctx.pipe
     images = ctx.real.images[: r.nll_n]
     out = bits_per_dim(pipe.diffusion, pipe.model, images, batch_size=r.batch_size, seed=r.seed,
-                       progress=r.progress, device=next(pipe.model.parameters()).device)
+                       progress=r.progress, device=model_device(pipe.model))
     ctx.result.update({k: out[k] for k in ("nll_bpd", "nll_bpd_sem", "prior_bpd", "decoder_bpd",
                                            "diffusion_bpd_by_quarter")})
     ctx.result["nll_n"] = len(images)
