@@ -21,7 +21,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -35,6 +34,7 @@ from tqdm.auto import tqdm
 
 from ..data import ImageDataset, to_model_range
 from ..errors import CheckpointError, DataError, UserError
+from ..fileio import atomic_path
 from ..train.checkpoint import check_weights_fit, load_weights_file
 from ..train.safeload import file_sha256
 
@@ -209,14 +209,9 @@ def _metadata(config: ClassifierConfig, dataset: ImageDataset, result: dict) -> 
 
 def _save(model: SmallClassifier, metadata: dict[str, str], out: Path) -> None:
     """Write the weights and metadata atomically: a temp file in the same folder, then one rename."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    try:
+    with atomic_path(out) as tmp:
         st.save_file(tensors, str(tmp), metadata=metadata)
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def train_classifier(dataset: ImageDataset, out: Path, *, steps: int | None = None, batch_size: int = 128,

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 import warnings
 import zipfile
 import zlib
@@ -30,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpmkit.errors import ConfigError, DataError
+from ddpmkit.fileio import atomic_path
 
 
 def _float64(x: np.ndarray, name: str, ndim: int) -> np.ndarray:
@@ -174,18 +174,10 @@ def _read_stats(path: Path, key: str) -> tuple[np.ndarray, np.ndarray] | None:
 
 def _write_stats(path: Path, key: str, mu: np.ndarray, sigma: np.ndarray) -> None:
     """Write atomically (temp file + os.replace), so a crash or a parallel run never leaves a half-written cache."""
-    tmp = None
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, key=np.array(key), mu=mu, sigma=sigma)  # key is a str array: loads without pickle
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path, fsync=True) as tmp:
+            np.savez(tmp, key=np.array(key), mu=mu, sigma=sigma)  # key is a str array: loads without pickle
     except OSError as err:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
         reason = err.strerror or str(err)
         raise ConfigError(
             f"cannot write the FID statistics cache {path} ({reason}): set DDPMKIT_CACHE to a writable folder"

@@ -9,6 +9,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from ..fileio import atomic_path
+
 
 def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1, min_cell: int = 32) -> np.ndarray:
     """Tile uint8 images (N, H, W, C) into one (rows, cols) image; small images are enlarged (nearest)."""
@@ -28,12 +30,9 @@ def make_grid(images: np.ndarray, nrow: int | None = None, pad: int = 1, min_cel
 
 def save_image(array: np.ndarray, path: Path) -> None:
     """Write a uint8 (H, W, C) array as PNG, atomically (temp file, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     img = Image.fromarray(array[..., 0] if array.shape[-1] == 1 else array)
-    tmp = path.with_name(f".{path.name}.tmp")
-    img.save(tmp, format="PNG")
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        img.save(tmp, format="PNG")
 
 
 def save_grid(images: np.ndarray, path: Path, nrow: int | None = None) -> None:
@@ -60,7 +59,6 @@ def plot_loss(metrics_file: Path, out: Path) -> None:
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    tmp = Path(out).with_name(f".{Path(out).name}.tmp.png")
-    fig.savefig(tmp)
+    with atomic_path(out) as tmp:
+        fig.savefig(tmp)
     plt.close(fig)
-    tmp.replace(out)

@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from ..config import RunConfig, config_differences, to_toml
 from ..data import ImageDataset, check_enough, from_model_range, load_dataset, to_model_range
 from ..errors import ConfigError, UserError
+from ..fileio import atomic_path
 from ..figures.grid import plot_loss, save_grid
 from ..pipeline import build_diffusion, build_model
 from . import distributed
@@ -297,9 +298,8 @@ def _autocast_dtype(precision: str, device: torch.device):
 
 
 def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
