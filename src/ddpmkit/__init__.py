@@ -5,6 +5,7 @@ The public API, re-exported:
     UNet            the paper's network (UNet.from_preset("cifar10") is the 35.7M CIFAR-10 model)
     oracle          analytic optimal denoisers for tests and baselines
     load            a trained run -> Pipeline with .model, .diffusion, .sample(n)
+    trajectory, interpolate, rate_distortion   the arrays behind the paper's Figs. 6, 8 and 5 (see figures/)
     RunConfig, load_config, Trainer, load_dataset
 """
 
@@ -15,6 +16,7 @@ from .config import RunConfig, load_config
 from .data import load_dataset
 from .diffusion import Diffusion
 from .errors import UserError
+from .figures import interpolate, rate_distortion, trajectory
 from .models import UNet
 from .pipeline import Pipeline, load
 
@@ -28,4 +30,4 @@ def __getattr__(name):
 
 
 __all__ = ["Diffusion", "UNet", "oracle", "schedules", "load", "Pipeline", "RunConfig", "load_config",
-           "load_dataset", "Trainer", "UserError", "__version__"]
+           "load_dataset", "Trainer", "UserError", "trajectory", "interpolate", "rate_distortion", "__version__"]

@@ -107,6 +107,61 @@ def _add_train_classifier(sub) -> None:
     p.add_argument("--no-progress", action="store_true")
 
 
+def _add_run_options(p) -> None:
+    """The options every command that loads a trained run shares."""
+    p.add_argument("run_dir", type=Path, help="a run directory (newest valid checkpoint) or a checkpoint folder")
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint folder to use instead of the newest")
+    p.add_argument("--no-ema", action="store_true", help="use the training weights instead of the EMA")
+    p.add_argument("--seed", type=int, default=0, help="seed of every random draw (default 0)")
+    p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_trajectory(sub) -> None:
+    p = sub.add_parser("trajectory", help="x0 predicted along the sampling chain, T to 0 (DDPM Fig. 6)",
+                       description="Sample with Algorithm 2 (all T steps) and draw, for each sample, the x0 the "
+                                   "model predicts from x_t at evenly spaced t from T (left) to 0 (right).")
+    _add_run_options(p)
+    p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/trajectory.png)")
+    p.add_argument("--n", type=int, default=8, help="samples, one row each (default 8)")
+    p.add_argument("--columns", type=int, default=10, help="timesteps shown, T .. 0 evenly spaced (default 10)")
+    p.add_argument("--show", choices=("x0", "xt", "both"), default="x0",
+                   help="x0: the predictions x0(x_t) (default, as Fig. 6); xt: the latents x_t themselves; "
+                        "both: a row of x_t above each row of x0")
+    p.add_argument("--batch-size", type=int, default=16, help="samples per chain (the whole chain is kept; default 16)")
+
+
+def _add_interpolate(sub) -> None:
+    p = sub.add_parser("interpolate", help="interpolate two images in latent space (DDPM Sec. 4.3, Fig. 8)",
+                       description="Encode images A and B with q(x_t | x_0), mix (1 - λ) x_t + λ x'_t and decode "
+                                   "with the reverse process from t to 0, the noise fixed across λ. The row shows "
+                                   "A, the decoded images for λ = 0 .. 1, and B.")
+    _add_run_options(p)
+    p.add_argument("--a", required=True, help="an image file, or with --data an index into that data set")
+    p.add_argument("--b", required=True, help="an image file, or with --data an index into that data set")
+    p.add_argument("--data", help="take --a and --b by index from this data set (e.g. digits)")
+    p.add_argument("--split", default="test", help="the split --a and --b index (default test)")
+    p.add_argument("--t", type=int, help="the paper's timestep of the latents, 1 .. T (default T/2: 500 of 1000)")
+    p.add_argument("--lambdas", type=int, default=11, help="number of λ from 0 to 1 (default 11)")
+    p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/interpolation.png)")
+
+
+def _add_rate_distortion(sub) -> None:
+    p = sub.add_parser("rate-distortion", help="rate and distortion against t (DDPM Sec. 4.3, Fig. 5)",
+                       description="Progressive coding: at each t from T to 0, the bits/dim sent so far (the bound's "
+                                   "terms L_T, .., L_t; at t = 0 the whole NLL) and the RMSE of x0(x_t) on [0, 255]. "
+                                   "Writes a PNG and a CSV (t, rate_bpd, distortion_rmse).")
+    _add_run_options(p)
+    p.add_argument("--data", help="the real data set (default: the run's own)")
+    p.add_argument("--split", default="test", help="real split to code (default test; pass train or all for a "
+                                                   "data set without one)")
+    p.add_argument("--n", type=int, default=256, help="real images (default 256; all T terms each)")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--terms", type=Path, help="reuse the nll_terms.npz of ddpm eval --metrics nll instead")
+    p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/rate_distortion.png)")
+    p.add_argument("--csv", type=Path, help="CSV to write (default: the PNG's path with .csv)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="ddpm", description="Denoising Diffusion Probabilistic Models (Ho et al. 2020).")
     from . import __version__
@@ -117,6 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sample(sub)
     _add_eval(sub)
     _add_train_classifier(sub)
+    _add_trajectory(sub)
+    _add_interpolate(sub)
+    _add_rate_distortion(sub)
     return parser
 
 
@@ -210,7 +268,71 @@ def cmd_train_classifier(args) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "train-classifier": cmd_train_classifier}
+def _load_run(args):
+    from .pipeline import load
+
+    return load(args.checkpoint or args.run_dir, ema=not args.no_ema,
+                device=None if args.device == "auto" else args.device)
+
+
+def cmd_trajectory(args) -> int:
+    from .figures.generation import save_trajectory, trajectory
+
+    pipe = _load_run(args)
+    traj = trajectory(pipe, args.n, args.columns, seed=args.seed, batch_size=args.batch_size,
+                      progress=not args.no_progress)
+    out = args.out or (args.run_dir / "trajectory.png")
+    save_trajectory(traj, out, show=args.show)
+    print(f"wrote {out} ({args.n} samples x {len(traj.t)} columns of {args.show}, t = "
+          f"{', '.join(map(str, traj.t))}; step {pipe.step})")
+    return 0
+
+
+def cmd_interpolate(args) -> int:
+    from .figures.inputs import dataset_for, image_from_dataset, image_from_file
+    from .figures.interpolation import interpolate, save_interpolation
+
+    pipe = _load_run(args)
+    if args.data is not None:
+        ds = dataset_for(pipe, args.data, args.split)
+        a, b = (image_from_dataset(ds, value, flag, args.split) for value, flag in ((args.a, "--a"), (args.b, "--b")))
+    else:
+        a, b = image_from_file(args.a, pipe, "--a"), image_from_file(args.b, pipe, "--b")
+    decoded = interpolate(pipe, a, b, args.t, args.lambdas, seed=args.seed, progress=not args.no_progress)
+    out = args.out or (args.run_dir / "interpolation.png")
+    save_interpolation(a, b, decoded, out)
+    t = pipe.diffusion.num_timesteps // 2 if args.t is None else args.t
+    print(f"wrote {out} (A, {len(decoded)} interpolations at t = {t}, B; step {pipe.step})")
+    return 0
+
+
+def cmd_rate_distortion(args) -> int:
+    from .figures.inputs import dataset_for
+    from .figures.coding import load_terms, plot_rate_distortion, rate_distortion, save_csv
+
+    if args.n < 1 or args.batch_size < 1:
+        raise UserError("--n and --batch-size must be at least 1")
+    pipe = _load_run(args)
+    if args.terms is not None:
+        curve, source = load_terms(args.terms, pipe.diffusion.num_timesteps), f"terms from {args.terms}"
+    else:
+        ds = dataset_for(pipe, args.data, args.split)
+        images = ds.images[: args.n]
+        curve = rate_distortion(pipe, images, batch_size=args.batch_size, seed=args.seed,
+                                progress=not args.no_progress)
+        source = f"{len(images)} images of {ds.name} ({args.split})"
+    out = args.out or (args.run_dir / "rate_distortion.png")
+    csv = args.csv or out.with_suffix(".csv")
+    save_csv(curve, csv)
+    plot_rate_distortion(curve, out)
+    print(f"rate at t = 0 (the NLL): {curve['rate_bpd'][-1]:.4f} bits/dim; distortion at t = T: "
+          f"{curve['distortion_rmse'][0]:.2f} RMSE; {source}")
+    print(f"wrote {out} and {csv}")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "sample": cmd_sample, "eval": cmd_eval, "train-classifier": cmd_train_classifier,
+            "trajectory": cmd_trajectory, "interpolate": cmd_interpolate, "rate-distortion": cmd_rate_distortion}
 
 
 def main(argv: list[str] | None = None) -> int:
