@@ -1,4 +1,5 @@
-"""Configs: presets load and validate, cifar10 is the paper's setup, TOML round trip, refusals."""
+"""Configs: presets load and validate, cifar10 is the paper's setup (cifar10_improved IDDPM's), TOML round trip,
+refusals."""
 
 import tomllib
 
@@ -29,6 +30,33 @@ def test_cifar10_preset_is_the_papers_setup():
     assert net.config["dropout"] == 0.1 and tuple(net.config["attn_resolutions"]) == (16,)
 
 
+def test_cifar10_improved_preset_is_iddpms_recipe_and_builds():
+    import torch
+
+    from ddpmkit.pipeline import build_diffusion, build_model
+
+    c = load_config("cifar10_improved")
+    assert (c.diffusion.schedule, c.diffusion.timesteps, c.diffusion.variance) == ("cosine", 4000, "learned_range")
+    t = c.train
+    assert (t.loss, t.hybrid_lambda, t.timestep_sampler) == ("hybrid", 0.001, "uniform")
+    assert (t.lr, t.batch_size, t.ema_decay, t.warmup, t.grad_clip) == (1e-4, 128, 0.9999, 0, 0.0)
+    with torch.device("meta"):  # 49M parameters: shapes only, nothing allocated
+        net = build_model(c, 32, 3)
+    assert net.config["out_channels"] == 6 and net.config["num_res_blocks"] == 3 and net.config["dropout"] == 0.3
+    assert tuple(net.config["ch_mult"]) == (1, 2, 2, 2) and tuple(net.config["attn_resolutions"]) == (16, 8)
+    assert sum(p.numel() for p in net.parameters()) == 49_066_246
+    d = build_diffusion(c)
+    assert d.num_timesteps == 4000 and d.variance == "learned_range"
+
+
+def test_a_checkpoint_config_without_a_newer_key_resumes_as_its_default():
+    old = load_config("digits").to_dict()
+    del old["train"]["timestep_sampler"]  # written by a ddpmkit from before the key existed
+    assert config_differences(old, load_config("digits").to_dict()) == []
+    changed = load_config("digits").replace("train.timestep_sampler", "uniform").to_dict()
+    assert config_differences(old, changed) == ["train.timestep_sampler: 'auto' -> 'uniform'"]
+
+
 def test_default_is_digits():
     assert load_config(None) == load_config("digits")
     assert load_config(None).data.spec == "digits" and not load_config(None).data.hflip
@@ -38,6 +66,7 @@ def test_default_is_digits():
     ("train.lr", -1.0, "train.lr"), ("train.loss", "l1", "hybrid"), ("diffusion.schedule", "sqrt", "cosine"),
     ("data.channels", 2, "data.channels"), ("model.dropout", 1.5, "model.dropout"), ("nope.x", 1, "known keys"),
     ("train.steps", 2.5, "integer"), ("sample.sampler", "euler", "ddim"),
+    ("train.timestep_sampler", "stratified", "importance"), ("train.hybrid_lambda", 0, "train.hybrid_lambda"),
 ])
 def test_bad_values_are_refused_with_what_is_allowed(key, value, words):
     with pytest.raises(ConfigError, match=words):

@@ -66,6 +66,52 @@ def test_fewer_steps_keep_the_mass_and_a_known_spread(variance, sampler, steps, 
         assert low <= s <= high
 
 
+def draw_learned(v, steps, seed=0):
+    """Respaced ancestral draws with learned_range and the oracle's variance channel fixed at v."""
+    d = Diffusion.from_name("linear", 1000, variance="learned_range")
+    model = oracle.gaussian_mixture(d, MEANS, [STD] * 3, WEIGHTS, learned_value=v)
+    return d.sample(model, (N, 2), steps=steps, generator=torch.Generator().manual_seed(seed))
+
+
+# The v channel means the same fraction on any subsequence [IDDPM Eq. 15, Sec. 4]: v = +1 is sigma^2 = beta_t and
+# v = -1 is beta~_t of the ORIGINAL process at T steps, and beta'_i and beta~'_i of the respaced one. So with
+# respacing, learned_range at v = +-1 must draw exactly what fixed_large / fixed_small draw (the bands above);
+# v = 0 (the geometric mean) measured 0.089-0.093 at 50 steps and 0.093-0.095 at 100 (seeds 0, 1), in between.
+@pytest.mark.parametrize(
+    "v, fixed, steps, low, high",
+    [
+        (1.0, "fixed_large", 50, 0.124, 0.139),
+        (1.0, "fixed_large", 100, 0.108, 0.121),
+        (-1.0, "fixed_small", 50, 0.065, 0.079),
+        (-1.0, "fixed_small", 100, 0.074, 0.089),
+        (0.0, None, 50, 0.083, 0.099),
+        (0.0, None, 100, 0.087, 0.101),
+    ],
+)
+def test_respaced_learned_variances_use_the_respaced_betas(v, fixed, steps, low, high):
+    x = draw_learned(v, steps)
+    mass, spread = mixture_stats(x)
+    for m, w in zip(mass, WEIGHTS):
+        assert abs(m - w) <= 0.03
+    for s in spread:
+        assert low <= s <= high
+    if fixed is not None:
+        assert torch.allclose(x, draw(fixed, steps=steps), atol=1e-6)
+
+
+def test_respaced_learned_range_interpolates_the_respaced_beta_and_beta_tilde():
+    d = Diffusion.from_name("linear", 1000, variance="learned_range")
+    r = d.respaced(timestep_subsequence(1000, 50))
+    t = torch.arange(r.num_timesteps)
+    x = torch.zeros(len(t), 1, dtype=torch.float64)
+    for v, expected in ((1.0, r.beta), (-1.0, r.posterior_log_variance_clipped.exp())):
+        out = torch.cat([torch.zeros_like(x), torch.full_like(x, v)], 1)
+        var = r.p_mean_variance(None, x, t, model_output=out)["variance"].flatten()
+        assert torch.allclose(var, expected, rtol=1e-12)
+    # and those are not the original process's values at the same timesteps: beta'_i is ~20x beta_{tau_i} here
+    assert (r.beta[1:] > 10 * d.beta[r.timestep_map[1:]]).all()
+
+
 def test_ddim_with_eta_one_is_ancestral_sampling_with_beta_tilde():
     # sigma of [DDIM Eq. 16] at eta = 1 is sqrt(beta~'), and the means agree: the same draws, step for step
     a = draw("fixed_small", "ancestral", 50)

@@ -1,7 +1,8 @@
 """Run configuration: one dataclass per component, composed into RunConfig, loaded from and saved as TOML.
 
 Presets are TOML files shipped in `ddpmkit/configs/` (`configs/` at the top of the repository points there):
-`digits` (the default), `fashion_mnist`, `cifar10` (the paper's exact setup [DDPM Sec. 4, App. B]).
+`digits` (the default), `fashion_mnist`, `cifar10` (the paper's exact setup [DDPM Sec. 4, App. B]) and
+`cifar10_improved` (Improved DDPM's CIFAR-10 recipe [IDDPM]).
 Every value is validated in `__post_init__`; a bad one raises ConfigError with what is wrong and what is allowed.
 """
 
@@ -111,6 +112,8 @@ class TrainConfig:
     ema_decay: float = 0.9999
     ema_warmup: bool = True  # decay min(ema_decay, (1 + n) / (10 + n)) so short runs get a useful EMA
     loss: str = "simple"
+    hybrid_lambda: float = 1e-3  # weight of L_vlb in loss = "hybrid" [IDDPM Sec. 3.1]
+    timestep_sampler: str = "auto"  # auto: importance-sampled t for loss = "vlb" [IDDPM Sec. 3.3], else uniform
     precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, else fp32
     compile: bool = False
     channels_last: bool = False
@@ -128,10 +131,15 @@ class TrainConfig:
             _positive("train", name, getattr(self, name))
         _positive("train", "warmup", self.warmup, zero_ok=True)
         _positive("train", "lr", self.lr, integer=False)
+        _positive("train", "hybrid_lambda", self.hybrid_lambda, integer=False)
         _positive("train", "grad_clip", self.grad_clip, zero_ok=True, integer=False)
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ConfigError(f"train.ema_decay = {self.ema_decay!r}: must lie in [0, 1)")
         _choice("train", "loss", self.loss, {"simple", "vlb", "hybrid"})
+        _choice("train", "timestep_sampler", self.timestep_sampler, {"auto", "uniform", "importance"})
+        if self.timestep_sampler == "importance" and self.loss != "vlb":
+            raise ConfigError(f"train.timestep_sampler = 'importance' needs train.loss = 'vlb', not {self.loss!r}: "
+                              "importance sampling of t is for the bound alone [IDDPM Sec. 3.3]; use 'uniform'")
         _choice("train", "precision", self.precision, {"auto", "fp32", "bf16", "fp16"})
         _positive("train", "seed", self.seed, zero_ok=True)
 
@@ -262,9 +270,10 @@ RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every",
 
 def config_differences(old: dict, new: dict) -> list[str]:
     """'section.key: old -> new' for each value that differs and may not change on resume."""
-    diffs = []
+    diffs, defaults = [], RunConfig().to_dict()
     for section in sorted(set(old) | set(new)):
-        a, b = old.get(section, {}), new.get(section, {})
+        # a key that an older ddpmkit did not write (e.g. train.timestep_sampler) had its default value
+        a, b = {**defaults.get(section, {}), **old.get(section, {})}, new.get(section, {})
         for key in sorted(set(a) | set(b)):
             name = f"{section}.{key}"
             if a.get(key) != b.get(key) and name not in RESUMABLE_CHANGES:

@@ -99,8 +99,9 @@ def _fixed_large(d: "Diffusion", t, x, _):
 
 
 def _learned_range(d: "Diffusion", t, x, v):
-    # log Sigma = v log beta + (1 - v) log beta~ with the network's v mapped from [-1, 1] to [0, 1] [IDDPM Eq. 15]
-    frac = (v + 1.0) / 2.0
+    # log Sigma = v log beta + (1 - v) log beta~ with the network's v mapped from [-1, 1] to [0, 1] [IDDPM Eq. 15].
+    # v is clamped to [-1, 1] (IDDPM's code is not), so any output gives beta~_t <= Sigma <= beta_t
+    frac = (v.clamp(-1.0, 1.0) + 1.0) / 2.0
     log_var = frac * extract(d.log_beta, t, x) + (1.0 - frac) * extract(d.posterior_log_variance_clipped, t, x)
     return torch.exp(log_var), log_var
 
@@ -268,7 +269,8 @@ class Diffusion:
 
     def training_loss(self, model, x0: torch.Tensor, t: torch.Tensor | None = None,
                       noise: torch.Tensor | None = None, loss: LossType = "simple", *,
-                      hybrid_lambda: float = 1e-3, t_weight: torch.Tensor | None = None) -> torch.Tensor:
+                      hybrid_lambda: float = 1e-3, t_weight: torch.Tensor | None = None,
+                      return_terms: bool = False) -> torch.Tensor | dict:
         """Per-example loss (B,) at t ~ Uniform (Algorithm 1), or at the given t.
 
         "simple": L_simple = || target - model(x_t, t) ||^2, averaged over dimensions [DDPM Eq. 14].
@@ -276,6 +278,8 @@ class Diffusion:
                   L_T + T * L_{t-1} [DDPM Eq. 5]; its mean over uniform t equals `vlb_terms(...)["total_bpd"]`.
         "hybrid": L_simple + lambda * T * L_{t-1} with the mean detached in the bound term [IDDPM Sec. 3.1].
         `t_weight` (B,) multiplies the bound term: 1 / (T p_t) for importance-sampled t [IDDPM Sec. 3.3].
+        With return_terms, a dict: "loss" (B,) as above, "t" (B,), and detached, unweighted per-example terms:
+        "mse" (L_simple) and/or "vb" (T * L_{t-1}, bits/dim), whose history importance sampling keeps.
         """
         self._on(x0)
         if loss not in ("simple", "vlb", "hybrid"):
@@ -288,19 +292,25 @@ class Diffusion:
         xt = self.q_sample(x0, t, noise)
         out = model(xt, self.timestep_map[t]).to(_math_dtype(x0))
         mean_out, var_out = self.split_output(out, xt)
-        terms = []
+        terms = {"t": t}
         if loss in ("simple", "hybrid"):
-            terms.append(mean_flat((_target(self, x0, t, noise) - mean_out) ** 2))
+            terms["mse"] = mean_flat((_target(self, x0, t, noise) - mean_out) ** 2)
         if loss in ("vlb", "hybrid"):
             if loss == "hybrid":  # stop-gradient: the bound term trains only the variance [IDDPM Sec. 3.1]
                 mean_out = mean_out.detach()
             frozen = mean_out if var_out is None else torch.cat([mean_out, var_out], dim=1)
             p = self.p_mean_variance(model, xt, t, clip_denoised=False, model_output=frozen)
-            vb = self.num_timesteps * self.vlb_term_bpd(x0, xt, t, p)
-            if t_weight is not None:
-                vb = vb * t_weight
-            terms.append(hybrid_lambda * vb if loss == "hybrid" else vb + self.prior_bpd(x0))
-        return sum(terms)
+            terms["vb"] = self.num_timesteps * self.vlb_term_bpd(x0, xt, t, p)
+        vb = terms.get("vb")
+        if vb is not None and t_weight is not None:
+            vb = vb * t_weight
+        if loss == "simple":
+            value = terms["mse"]
+        else:
+            value = vb + self.prior_bpd(x0) if loss == "vlb" else terms["mse"] + hybrid_lambda * vb
+        if not return_terms:
+            return value
+        return {"loss": value, **{k: v.detach() for k, v in terms.items()}}
 
     @torch.no_grad()
     def vlb_terms(self, model, x0: torch.Tensor, clip_denoised: bool = True, progress: bool = False,
@@ -333,12 +343,14 @@ class Diffusion:
         """The same process on a subsequence of timesteps, betas recomputed from alpha_bar [IDDPM Sec. 4].
 
         beta'_i = 1 - alpha_bar_{tau_i} / alpha_bar_{tau_{i-1}}; the model is still called with the original t.
+        A jump so long that beta' rounds to 1 in float64 (alpha_bar falls by more than 2^53, e.g. one step from
+        T = 4000) keeps beta' at the largest float64 below 1.
         """
         tau = np.asarray(sorted(set(int(i) for i in timesteps)), dtype=np.int64)
         if len(tau) == 0 or tau[0] < 0 or tau[-1] >= self.num_timesteps:
             raise ConfigError(f"respacing: timesteps must lie in 0..{self.num_timesteps - 1}")
         alpha_bar = self.alpha_bar.cpu().double().numpy()[tau]
-        beta = 1.0 - alpha_bar / np.append(1.0, alpha_bar[:-1])
+        beta = np.minimum(1.0 - alpha_bar / np.append(1.0, alpha_bar[:-1]), np.nextafter(1.0, 0.0))
         tmap = self.timestep_map.cpu().numpy()[tau]
         return Diffusion(beta, self.parameterization, self.variance, timestep_map=tmap)
 

@@ -16,6 +16,8 @@ import torch.distributed as dist
 
 from ..errors import ConfigError
 
+_TIMEOUT = timedelta(minutes=30)
+
 
 @dataclass
 class DistInfo:
@@ -59,8 +61,23 @@ def setup(device: str = "auto") -> DistInfo:
         torch.cuda.set_device(dev)
     if not dist.is_initialized():
         backend = "nccl" if dev.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
+        store = _attempt_store()
+        extra = {"store": store, "rank": int(os.environ["RANK"]), "world_size": world_size} if store else {}
+        dist.init_process_group(backend=backend, timeout=_TIMEOUT, **extra)
     return DistInfo(dist.get_rank(), world_size, local_rank, dev)
+
+
+def _attempt_store():
+    """torchrun's store, under a prefix of its own for each restart of the group, or None outside torchrun.
+
+    torchrun (c10d rendezvous) keeps one store for the whole job, and a group restarted by --max-restarts would read
+    the dead group's addresses from it and fail to connect (pytorch/pytorch#135712); a prefix per attempt avoids that.
+    """
+    if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
+        return None
+    base = dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                         timeout=_TIMEOUT)
+    return dist.PrefixStore(f"ddpmkit/attempt_{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}/", base)
 
 
 def any_true(info: DistInfo, *flags: bool) -> list[bool]:
@@ -70,6 +87,21 @@ def any_true(info: DistInfo, *flags: bool) -> list[bool]:
     t = torch.tensor([float(f) for f in flags], device=info.device)
     dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return [bool(v) for v in t.tolist()]
+
+
+def gather(info: DistInfo, *tensors: torch.Tensor) -> list[torch.Tensor]:
+    """Each rank's (b,) tensors joined in rank order into the global batch's (world_size * b,), on the CPU.
+
+    One all_gather for all of them (sent as float64, exact for int64 values below 2**53); every rank gets the same
+    bytes, so state built from them (the importance sampler's history) stays identical on all ranks.
+    """
+    if not info.active:
+        return [t.detach().cpu() for t in tensors]
+    stacked = torch.stack([t.detach().to(torch.float64) for t in tensors])  # (k, b)
+    parts = [torch.empty_like(stacked) for _ in range(info.world_size)]
+    dist.all_gather(parts, stacked)
+    joined = torch.cat(parts, dim=1).cpu()  # (k, world_size * b): one transfer
+    return [row.to(t.dtype) for row, t in zip(joined, tensors)]
 
 
 def barrier(info: DistInfo) -> None:

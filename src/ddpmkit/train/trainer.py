@@ -39,6 +39,7 @@ from . import distributed
 from .checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .ema import EMA
 from .faults import fault_point
+from .importance import ImportanceTimesteps, timestep_sampler
 
 
 def step_seed(*parts: int) -> int:
@@ -96,6 +97,8 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.autocast_dtype == torch.float16)
         self.net = self._wrap(self.model)
         self.step, self.bad_losses, self.stop_signal = 0, 0, None
+        # uniform t, or importance-sampled for L_vlb [IDDPM Sec. 3.3]; every rank keeps the same history
+        self.timesteps = timestep_sampler(c.timestep_sampler, c.loss, self.diffusion.num_timesteps)
 
     def _wrap(self, model):
         net = model
@@ -140,6 +143,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt.state["optimizer"])
         if ckpt.state.get("scaler"):
             self.scaler.load_state_dict(ckpt.state["scaler"])
+        self.timesteps.load_state_dict(ckpt.state.get("timesteps") or {})
         self.step, self.bad_losses = int(ckpt.state["step"]), int(ckpt.state["bad_losses"])
         self._say(f"resuming from {ckpt.path} (step {self.step})")
 
@@ -158,7 +162,8 @@ class Trainer:
         path = None
         if self.dist.is_main:
             state = {"step": self.step, "bad_losses": self.bad_losses, "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None}
+                     "scaler": self.scaler.state_dict() if self.scaler.is_enabled() else None,
+                     "timesteps": self.timesteps.state_dict()}
             weights = {"model": self.model.state_dict(), "ema": self.ema.state_dict()}
             path = save_checkpoint(self.ckpt_dir, self.step, weights=weights, state=state, config=self._meta(),
                                    keep=self.config.train.keep_checkpoints)
@@ -175,25 +180,28 @@ class Trainer:
         flip = torch.rand(c.batch_size, generator=g) < 0.5
         if self.config.data.hflip:
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
-        t = torch.randint(0, self.diffusion.num_timesteps, (c.batch_size,), generator=g)  # line 3
+        t, weight = self.timesteps.sample(c.batch_size, g)  # line 3; weight 1 / (T p_t) or None (uniform)
         noise = torch.randn(x0.shape, generator=g)  # line 4
         part = slice(rank * c.batch_size // n_ranks, (rank + 1) * c.batch_size // n_ranks)
         dev = self.dist.device
         fmt = torch.channels_last if c.channels_last else torch.contiguous_format
-        return (x0[part].to(dev).contiguous(memory_format=fmt), t[part].to(dev), noise[part].to(dev))
+        weight = weight[part].to(dev, torch.float32) if weight is not None else None
+        return (x0[part].to(dev).contiguous(memory_format=fmt), t[part].to(dev), noise[part].to(dev), weight)
 
     def _train_step(self, step: int) -> tuple[float, bool]:
         """Lines 2-5 of Algorithm 1 with warm-up, clipping and EMA; returns (loss, whether it was applied)."""
         c = self.config.train
         torch.manual_seed(step_seed(c.seed, step, 3, self.dist.rank))  # dropout
-        x0, t, noise = self._draw(step)
+        x0, t, noise, weight = self._draw(step)
         for group in self.optimizer.param_groups:
             group["lr"] = c.lr * min(1.0, (step + 1) / c.warmup) if c.warmup else c.lr
         self.model.train()
         amp = (torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
                if self.autocast_dtype is not None else nullcontext())
         with amp:
-            loss = self.diffusion.training_loss(self.net, x0, t, noise, loss=c.loss).mean()  # line 5
+            terms = self.diffusion.training_loss(self.net, x0, t, noise, loss=c.loss, t_weight=weight,
+                                                 hybrid_lambda=c.hybrid_lambda, return_terms=True)
+            loss = terms["loss"].mean()  # line 5
         loss_value = float(loss.detach())
         (bad,) = distributed.any_true(self.dist, not math.isfinite(loss_value))  # all ranks skip together
         if bad:
@@ -207,6 +215,8 @@ class Trainer:
         self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         self.ema.update(self.model, step)
+        if isinstance(self.timesteps, ImportanceTimesteps):  # the global batch's terms, so all ranks agree
+            self.timesteps.update(*distributed.gather(self.dist, t, terms["vb"]))
         return loss_value, True
 
     # --- the loop -------------------------------------------------------------------------------------------
@@ -235,7 +245,7 @@ class Trainer:
         c = self.config.train
         bar = tqdm(total=c.steps, initial=self.step, disable=not (self.progress and self.dist.is_main),
                    desc="train", dynamic_ncols=True)
-        logger = _MetricsLog(self.run_dir, self.dist.is_main, c.batch_size)
+        logger = _MetricsLog(self.run_dir, self.dist.is_main, c.batch_size, c.log_every)
         last_saved, checkpoint = self.step, None
         while self.step < c.steps:
             # a signal may reach one rank only: all ranks agree before the step whether to stop
@@ -313,9 +323,8 @@ def _truncate_metrics(path: Path, step: int) -> None:
 class _MetricsLog:
     """metrics.jsonl (and TensorBoard when installed): mean loss, lr and images/s per log interval."""
 
-    def __init__(self, run_dir: Path, enabled: bool, batch_size: int):
-        self.enabled, self.batch_size = enabled, batch_size
-        self.every = None
+    def __init__(self, run_dir: Path, enabled: bool, batch_size: int, every: int):
+        self.enabled, self.batch_size, self.every = enabled, batch_size, every
         self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
         self.tb = _tensorboard(run_dir) if enabled else None
         self.losses, self.skipped, self.t0 = [], 0, time.perf_counter()
@@ -326,7 +335,7 @@ class _MetricsLog:
         else:
             self.skipped += 1
         n = len(self.losses) + self.skipped
-        if not self.enabled or (step % 50 and n < 50):
+        if not self.enabled or (step % self.every and n < self.every):
             return
         dt = time.perf_counter() - self.t0
         row = {"step": step, "loss": float(np.mean(self.losses)) if self.losses else float("nan"), "lr": lr,
