@@ -307,8 +307,8 @@ def cmd_interpolate(args) -> int:
 
 
 def cmd_rate_distortion(args) -> int:
-    from .figures.inputs import dataset_for
     from .figures.coding import load_terms, plot_rate_distortion, rate_distortion, save_csv
+    from .figures.inputs import dataset_for
 
     if args.n < 1 or args.batch_size < 1:
         raise UserError("--n and --batch-size must be at least 1")

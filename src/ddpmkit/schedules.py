@@ -4,7 +4,8 @@ References:
     [DDPM]  Ho, Jain & Abbeel 2020, arXiv 2006.11239, Sec. 4: beta linear from 1e-4 to 0.02, T = 1000.
     [IDDPM] Nichol & Dhariwal 2021, arXiv 2102.09672, Sec. 3.2, Eq. 17: the cosine schedule.
 
-Every schedule goes through `validate`, so a Diffusion only ever sees a 1-D float64 array with 0 < beta < 1.
+Every schedule goes through `validate`, so a Diffusion only ever sees a 1-D float64 array with 0 < beta < 1 whose
+alpha_bar falls at every step and stays above the smallest normal float32 (every coefficient finite in float32).
 Element i of the array is the paper's beta_{i+1} (index 0 is the paper's t = 1).
 """
 
@@ -16,6 +17,8 @@ from typing import Callable
 import numpy as np
 
 from .errors import ConfigError
+
+_MIN_ALPHA_BAR = float(np.finfo(np.float32).tiny)  # about 1.2e-38: the smallest normal float32
 
 
 def validate(beta) -> np.ndarray:
@@ -35,7 +38,21 @@ def validate(beta) -> np.ndarray:
             f"schedule: every beta must lie in the open interval (0, 1); beta[{i}] = {arr[i]!r} "
             f"(t = {i + 1} in the paper's numbering)"
         )
+    _check_alpha_bar(arr)
     return arr
+
+
+def _check_alpha_bar(beta: np.ndarray) -> None:
+    """alpha_bar must fall at every step (in float64) and stay a normal float32, so every coefficient is finite."""
+    alpha_bar = np.cumprod(1.0 - beta)
+    flat = np.flatnonzero(alpha_bar >= np.append(1.0, alpha_bar[:-1]))
+    if flat.size:
+        i = int(flat[0])
+        raise ConfigError(f"schedule: beta[{i}] = {beta[i]!r} is too small to change alpha_bar in float64 "
+                          "(use betas above 1e-15)")
+    if alpha_bar[-1] < _MIN_ALPHA_BAR:
+        raise ConfigError(f"schedule: alpha_bar_T = {alpha_bar[-1]:.3g} is below {_MIN_ALPHA_BAR:.3g}, so "
+                          "1/sqrt(alpha_bar) and its kin overflow float32; use fewer timesteps or smaller betas")
 
 
 def _check_timesteps(timesteps: int) -> int:

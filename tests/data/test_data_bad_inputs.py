@@ -9,12 +9,15 @@ import gzip
 import io
 import os
 import pickle
+import struct
 import zipfile
+import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from ddpmkit.cli import main
 from ddpmkit.data import load_dataset
 
 PATTERN = (np.arange(8 * 8 * 3).reshape(8, 8, 3) * 5 % 256).astype(np.uint8)
@@ -82,6 +85,15 @@ def npz_case(tmp_path, name="bad.npz", **arrays):
 def bomb(tmp_path, monkeypatch, limit):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", limit)  # 8x8 = 64 pixels: above `limit`
     return in_folder(tmp_path, "huge.png", png_bytes(), good=False)
+
+
+def png_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose header claims width x height pixels: a decompression bomb needs no more."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grey
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"")) + chunk(b"IEND", b"")
 
 
 def unreadable(tmp_path, monkeypatch):
@@ -188,6 +200,8 @@ C = {  # case name -> builder(tmp_path, monkeypatch) -> (spec, options, text in 
     "FIFO named .png": fifo,
     "decompression bomb (warning level)": lambda t, m: bomb(t, m, 50),
     "decompression bomb (error level)": lambda t, m: bomb(t, m, 20),
+    "decompression bomb (header claims 40000 x 40000)": lambda t, m: in_folder(t, "bomb.png",
+                                                                             png_claiming(40000, 40000)),
     "mixed sizes without --image-size": mixed_sizes,
     "non-square without --image-size": non_square,
     "float image outside [0, 1]": lambda t, m: tiff_case(t, np.full((2, 2), 200.0, np.float32), "f255.tiff"),
@@ -244,11 +258,46 @@ C = {  # case name -> builder(tmp_path, monkeypatch) -> (spec, options, text in 
 }
 
 
+PAYLOADS = ["CIFAR pickle runs exec", "CIFAR pickle runs os.system"]  # they would create MARKER if run
+
+
 @pytest.mark.parametrize("case", list(C))
-def test_bad_input_is_a_one_line_data_error(case, tmp_path, monkeypatch, data_error):
+def test_bad_input_is_a_one_line_data_error(case, tmp_path, monkeypatch, data_error, record_property):
+    record_property("bad_inputs", 1)
+    record_property("payloads", int(case in PAYLOADS))
     spec, options, expected = C[case](tmp_path, monkeypatch)
-    data_error(lambda: load_dataset(spec, **options), expected)
+    try:
+        data_error(lambda: load_dataset(spec, **options), expected)
+    finally:
+        record_property("payloads_executed", int((tmp_path / "MARKER").exists()))
     assert not (tmp_path / "MARKER").exists()  # no pickle payload ever ran
+    record_property("bad_inputs_answered", 1)
+
+
+# `ddpm train` has no --split: the cases that need one are answered through load_dataset above only
+CLI_CASES = [c for c in C if not (c.startswith("CIFAR") and c != "CIFAR missing batch file") and "split" not in c]
+
+
+@pytest.mark.parametrize("case", CLI_CASES)
+def test_bad_input_through_the_cli_is_one_line_and_exit_2(case, tmp_path, monkeypatch, capsys, record_property):
+    record_property("bad_inputs", 1)
+    spec, options, expected = C[case](tmp_path, monkeypatch)
+    assert options == {}
+    assert main(["train", "--out", str(tmp_path / "run"), "--data", spec, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ddpm train: error: data: ") and err.count("\n") == 1 and expected in err, err
+    record_property("bad_inputs_answered", 1)
+
+
+def test_fewer_images_than_one_batch_through_the_cli(tmp_path, capsys, record_property):
+    record_property("bad_inputs", 1)
+    for i in range(3):
+        (tmp_path / f"{i}.png").write_bytes(png_bytes())
+    assert main(["train", "--out", str(tmp_path / "run"), "--data", str(tmp_path), "--batch-size", "4",
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "3 images, fewer than one batch of 4" in err and str(tmp_path) in err, err
+    record_property("bad_inputs_answered", 1)
 
 
 def test_the_pickle_payloads_are_real(tmp_path):
@@ -267,9 +316,11 @@ SKIPPABLE = ["truncated PNG", "truncated JPEG", "random bytes .png", "text file 
 
 
 @pytest.mark.parametrize("case", SKIPPABLE)
-def test_skip_bad_skips_and_counts(case, tmp_path, monkeypatch):
+def test_skip_bad_skips_and_counts(case, tmp_path, monkeypatch, record_property):
+    record_property("bad_inputs", 1)
     (tmp_path / "keep.png").write_bytes(png_bytes(PATTERN[:4, :4]))  # small: under the bomb limit
     spec, options, expected = C[case](tmp_path, monkeypatch)
     ds = load_dataset(spec, skip_bad=True, image_size=4, **options)
     assert ds.num_skipped == 1 and expected in ds.skipped[0] and "\n" not in ds.skipped[0]
     assert len(ds) >= 1
+    record_property("bad_inputs_answered", 1)

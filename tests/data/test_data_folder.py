@@ -95,7 +95,8 @@ MODES = {  # mode -> (builder, file extension that stores it losslessly)
 
 
 @pytest.mark.parametrize("mode", list(MODES))
-def test_every_mode_loads_with_the_right_pixels(mode, tmp_path):
+def test_every_mode_loads_with_the_right_pixels(mode, tmp_path, record_property):
+    record_property("bad_inputs", 1)
     builder, ext = MODES[mode]
     img, expected = builder()
     kwargs = {"lossless": True} if ext == "webp" else {}
@@ -103,13 +104,16 @@ def test_every_mode_loads_with_the_right_pixels(mode, tmp_path):
     ds = load_dataset(str(tmp_path))
     assert ds.images.dtype == np.uint8 and ds.labels is None and ds.name == str(tmp_path)
     np.testing.assert_array_equal(ds.images[0], expected)
+    record_property("bad_inputs_answered", 1)
 
 
-def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path, save_image):
+def test_sixteen_bit_png_is_scaled_not_clipped(tmp_path, save_image, record_property):
+    record_property("bad_inputs", 1)
     save_image(tmp_path / "deep.png", np.full((2, 2), 65535, np.uint16))
     save_image(tmp_path / "mid.png", np.full((2, 2), 32896, np.uint16))
     ds = load_dataset(str(tmp_path))
     assert ds.images[:, 0, 0, 0].tolist() == [255, 128]
+    record_property("bad_inputs_answered", 1)
 
 
 def oriented(upright: np.ndarray, orientation: int) -> np.ndarray:
@@ -119,7 +123,8 @@ def oriented(upright: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(stored)
 
 
-def test_all_eight_exif_orientations_give_the_same_upright_pixels(tmp_path, save_image):
+def test_all_eight_exif_orientations_give_the_same_upright_pixels(tmp_path, save_image, record_property):
+    record_property("bad_inputs", 8)
     upright = np.arange(9, dtype=np.uint8).reshape(3, 3) * 25
     for orientation in range(1, 9):
         exif = Image.Exif()
@@ -128,9 +133,11 @@ def test_all_eight_exif_orientations_give_the_same_upright_pixels(tmp_path, save
     ds = load_dataset(str(tmp_path))
     for i in range(8):
         np.testing.assert_array_equal(ds.images[i, ..., 0], upright, err_msg=f"orientation {i + 1}")
+    record_property("bad_inputs_answered", 8)
 
 
-def test_broken_exif_loads_unrotated(tmp_path, save_image, rgb8, monkeypatch):
+def test_broken_exif_loads_unrotated(tmp_path, save_image, rgb8, monkeypatch, record_property):
+    record_property("bad_inputs", 3)  # garbage EXIF in a PNG and a JPEG, and an EXIF parser that raises
     save_image(tmp_path / "garbage.png", rgb8, exif=b"Exif\x00\x00MM\x00*\x00\x00\x00\x08\xff\xff junk")
     save_image(tmp_path / "garbage.jpg", rgb8, exif=b"Exif\x00\x00II*\x00\x08\x00\x00\x00\x09\x00\x12\x01",
                quality=100, subsampling=0)
@@ -140,6 +147,7 @@ def test_broken_exif_loads_unrotated(tmp_path, save_image, rgb8, monkeypatch):
     # and when the EXIF parser itself raises, the image is still read unrotated
     monkeypatch.setattr(Image.Image, "getexif", lambda self: (_ for _ in ()).throw(SyntaxError("bad IFD")))
     np.testing.assert_array_equal(load_dataset(str(tmp_path / "garbage.png")).images[0], rgb8)
+    record_property("bad_inputs_answered", 3)
 
 
 def test_resize_and_centre_crop(tmp_path, save_image):

@@ -13,11 +13,13 @@ import struct
 import subprocess
 import sys
 import textwrap
+import tracemalloc
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors import SafetensorError
 
 from ddpmkit.errors import CheckpointError, UserError
 from ddpmkit.train import checkpoint as ckpt_module
@@ -223,7 +225,8 @@ def killed_runs(tmp_path_factory):
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 @pytest.mark.parametrize("fault", list(FAULTS))
-def test_sigkill_during_save_leaves_a_verified_checkpoint(killed_runs, fault):
+def test_sigkill_during_save_leaves_a_verified_checkpoint(killed_runs, fault, record_property):
+    record_property("faults", 1)
     returncode, ckpt_dir = killed_runs[fault]
     assert returncode == -signal.SIGKILL
     assert Path(f"{ckpt_dir}.log").read_text() == "saved 1\n"
@@ -236,6 +239,7 @@ def test_sigkill_during_save_leaves_a_verified_checkpoint(killed_runs, fault):
 
     _save(ckpt_dir, 3, keep=1)  # a later save in a fresh process cleans up
     assert os.listdir(ckpt_dir) == ["step_000000003"]
+    record_property("faults_survived", 1)
 
 
 def test_fault_spec_parsing(monkeypatch):
@@ -246,6 +250,18 @@ def test_fault_spec_parsing(monkeypatch):
     assert fault_armed("t:c")
     monkeypatch.delenv("DDPMKIT_FAULT")
     assert not fault_armed("t:c")
+
+
+def test_fault_narrowed_to_one_rank_and_to_once(monkeypatch, tmp_path):
+    monkeypatch.setenv("DDPMKIT_FAULT", "t:d")
+    monkeypatch.setenv("DDPMKIT_FAULT_RANK", "1")
+    monkeypatch.setenv("RANK", "0")
+    assert not fault_armed("t:d")
+    monkeypatch.setenv("RANK", "1")
+    assert fault_armed("t:d")
+    monkeypatch.setenv("DDPMKIT_FAULT_ONCE", str(tmp_path / "fired"))
+    assert [fault_armed("t:d") for _ in range(3)] == [True, False, False]  # a restarted process runs through
+    assert (tmp_path / "fired").exists()
 
 
 # ---------------------------------------------------------------- corruption and failing saves
@@ -272,7 +288,8 @@ CORRUPTIONS = {
 
 
 @pytest.mark.parametrize("kind", list(CORRUPTIONS))
-def test_corruption_is_detected_and_latest_falls_back(tmp_path, kind):
+def test_corruption_is_detected_and_latest_falls_back(tmp_path, kind, record_property):
+    record_property("corruptions", 1)
     _save(tmp_path, 200)
     bad = _save(tmp_path, 400)
     name, corrupt, problem = CORRUPTIONS[kind]
@@ -287,6 +304,7 @@ def test_corruption_is_detected_and_latest_falls_back(tmp_path, kind):
     assert ck.step == 200
     assert len(warnings) == 1 and warnings[0].startswith(f"skipping step_000000400: {name}: ")
     assert warnings[0].endswith("falling back to step_000000200")
+    record_property("corruptions_detected", 1)
 
 
 def test_nothing_valid_returns_none(tmp_path):
@@ -302,26 +320,67 @@ def _enospc(*args, **kwargs):
     raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
 
-@pytest.mark.parametrize("where", ["replace", "open", "not_a_dir"])
-def test_failing_save_raises_and_keeps_earlier(tmp_path, monkeypatch, where):
+def _disk_full_mid_weights(monkeypatch, ckpt_dir):
+    """The disk fills up while model.safetensors is being written: half of it lands, then ENOSPC."""
+    real_save = ckpt_module.st.save_file
+
+    def half_then_enospc(tensors, filename, *args, **kwargs):
+        real_save(tensors, filename, *args, **kwargs)
+        data = Path(filename).read_bytes()
+        Path(filename).write_bytes(data[: len(data) // 2])
+        raise SafetensorError("Error while serializing: I/O error: No space left on device (os error 28)")
+
+    monkeypatch.setattr(ckpt_module.st, "save_file", half_then_enospc)
+
+
+def _read_only(monkeypatch, ckpt_dir):
+    """chmod a-w; as root (who writes anyway) the OS's answer for a read-only mount, from mkdir."""
+    if os.geteuid() != 0:
+        ckpt_dir.chmod(0o555)
+        return
+    real_mkdir = os.mkdir
+
+    def erofs(path, *args, **kwargs):
+        if Path(path).parent == ckpt_dir:
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_mkdir(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "mkdir", erofs)
+
+
+FAILING_SAVES = {  # where -> (setup(monkeypatch, ckpt_dir), words in the message)
+    "replace": (lambda m, d: m.setattr(os, "replace", _enospc), "No space left on device"),
+    "open": (lambda m, d: m.setattr(ckpt_module, "open", _enospc, raising=False), "No space left on device"),
+    "disk_full_mid_weights": (_disk_full_mid_weights, "No space left on device"),
+    "read_only": (_read_only, "Read-only file system" if os.geteuid() == 0 else "Permission denied"),
+    "not_a_dir": (None, "Not a directory"),
+}
+
+
+@pytest.mark.parametrize("where", list(FAILING_SAVES))
+def test_failing_save_raises_and_keeps_earlier(tmp_path, monkeypatch, where, record_property):
+    record_property("faults", 1)
     ckpt_dir = tmp_path / "ckpt"
     _save(ckpt_dir, 1)
-    if where == "replace":
-        monkeypatch.setattr(os, "replace", _enospc)
-    elif where == "open":
-        monkeypatch.setattr(ckpt_module, "open", _enospc, raising=False)
-    else:
+    setup, words = FAILING_SAVES[where]
+    if setup is None:
         (tmp_path / "file").write_text("x")
         ckpt_dir = tmp_path / "file" / "ckpt"
-    with pytest.raises(CheckpointError) as info:
-        _save(ckpt_dir, 2)
-    monkeypatch.undo()
+    else:
+        setup(monkeypatch, ckpt_dir)
+    try:
+        with pytest.raises(CheckpointError) as info:
+            _save(ckpt_dir, 2)
+    finally:
+        monkeypatch.undo()
+        ckpt_dir.chmod(0o755) if ckpt_dir.is_dir() else None
     message = str(info.value)
     assert isinstance(info.value, UserError) and "step_000000002" in message and "\n" not in message
+    assert words in message, message
     if where != "not_a_dir":
-        assert "No space left on device" in message
         assert os.listdir(ckpt_dir) == ["step_000000001"]
         assert load_checkpoint(ckpt_dir / "step_000000001").step == 1
+    record_property("faults_survived", 1)
 
 
 # ---------------------------------------------------------------- refusing pickles and malformed safetensors
@@ -346,7 +405,8 @@ def _plant(step_dir: Path, name: str, data: bytes) -> None:
 
 
 @pytest.mark.parametrize("writer", ["torch_save", "torch_save_legacy", "pickle_p2", "pickle_p5", "pickle_p0"])
-def test_planted_pickle_is_refused_without_running_it(tmp_path, writer):
+def test_planted_pickle_is_refused_without_running_it(tmp_path, writer, record_property):
+    record_property("payloads", 1)
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.bin"
     payload = {"w": _Payload(marker)}
@@ -368,6 +428,7 @@ def test_planted_pickle_is_refused_without_running_it(tmp_path, writer):
         if writer != "pickle_p0":  # protocol 0 has no magic; it is refused as "not a safetensors file"
             assert "pickle/torch.save file" in message and "pickles can run code" in message
     assert latest_valid_checkpoint(ckpt_dir)[0].step == 1
+    record_property("payloads_executed", int(marker.exists()))
     assert not marker.exists()
 
 
@@ -384,6 +445,8 @@ MALFORMED = {
     "empty": (b"", "only 0 bytes"),
     "short": (b"\x05\x00", "only 2 bytes"),
     "huge_header_length": (struct.pack("<Q", 2**63 + 5) + b"{}", "over the limit"),
+    "header_length_2_60": (struct.pack("<Q", 2**60) + b"{}", "over the limit"),
+    "header_length_just_past_limit": (struct.pack("<Q", 100 * 2**20 + 1) + b"{}", "over the limit"),
     "header_past_end": (_st_file(b"{}", length=1000), "past the end"),
     "non_json_header": (_st_file(b"{not json at all"), "not JSON"),
     "not_utf8_header": (_st_file(b"{\xff\xfe}"), "not JSON"),
@@ -400,14 +463,22 @@ MALFORMED = {
 
 
 @pytest.mark.parametrize("kind", list(MALFORMED))
-def test_malformed_safetensors_is_refused(tmp_path, kind):
+def test_malformed_safetensors_is_refused(tmp_path, kind, record_property):
+    record_property("corruptions", 1)
     data, problem = MALFORMED[kind]
     path = tmp_path / f"{kind}.safetensors"
     path.write_bytes(data)
-    with pytest.raises(CheckpointError) as info:
-        load_weights_file(path)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CheckpointError) as info:
+            load_weights_file(path)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
     message = str(info.value)
     assert message.startswith(str(path)) and problem in message and "\n" not in message
+    assert peak < 2**20  # bounded memory: a header length of 2^60 allocates nothing
+    record_property("corruptions_detected", 1)
 
 
 def test_wellformed_crafted_file_loads(tmp_path):
@@ -438,6 +509,12 @@ def test_check_weights_fit(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"4 missing keys \(0.weight, 0.bias, 2.weight, \.\.\.\)"):
         check_weights_fit(model, {}, "empty.safetensors")
+
+    ints = {**weights, "2.bias": torch.zeros(2, dtype=torch.int64)}
+    with pytest.raises(CheckpointError, match=r"^i.safetensors does not fit the model: dtype of 2.bias is float32 "
+                                              r"here, int64 in the file"):
+        check_weights_fit(model, ints, "i.safetensors")
+    check_weights_fit(model, {k: v.half() for k, v in weights.items()}, "half.safetensors")  # a cast, not an error
 
 
 def test_source_tree_never_unpickles():

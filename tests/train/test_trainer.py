@@ -1,8 +1,9 @@
 """Training end to end: a short run, kill and resume bit for bit, a corrupt checkpoint, torchrun, CLI errors."""
 
+import json
 import os
 import random
-import shutil
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -41,6 +42,8 @@ def test_short_run_writes_everything_and_samples(tmp_path, capsys):
     for name in ("config.toml", "metrics.jsonl", "loss.png", "samples.png", "samples/step_000000010.png"):
         assert (run / name).is_file(), name
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == ["step_000000005", "step_000000010"]
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [5, 10]  # train.log_every=5 in TINY
     npz = tmp_path / "s.npz"
     assert main(["sample", str(run), "--n", "5", "--steps", "10", "--npz", str(npz), "--out",
                  str(tmp_path / "g.png"), "--no-progress"]) == 0
@@ -62,7 +65,8 @@ def test_python_api_loads_a_run_and_samples(tmp_path):
     assert pipe.step == 4 and pipe.diffusion.num_timesteps == 20
 
 
-def test_kill_at_a_random_step_and_resume_is_bit_exact(tmp_path):
+def test_kill_at_a_random_step_and_resume_is_bit_exact(tmp_path, record_property):
+    record_property("faults", 1)
     steps = 12
     common = ["--steps", str(steps), "--checkpoint-every", "3", "--sample-every", "100", *TINY]
     ddpm("train", "--out", str(tmp_path / "straight"), *common)
@@ -72,6 +76,7 @@ def test_kill_at_a_random_step_and_resume_is_bit_exact(tmp_path):
     assert killed.returncode == -9
     ddpm("train", "--out", str(tmp_path / "killed"), "--resume", *common)
     assert final_bytes(tmp_path / "killed", steps) == final_bytes(tmp_path / "straight", steps)
+    record_property("faults_survived", 1)
 
 
 def flip_one_byte(data: bytes) -> bytes:
@@ -83,7 +88,8 @@ def flip_one_byte(data: bytes) -> bytes:
 @pytest.mark.parametrize("corrupt, found_by", [(flip_one_byte, "SHA-256"), (lambda data: data[: len(data) // 3],
                                                                          "manifest.json says")],
                          ids=["flipped", "truncated"])
-def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt, found_by):
+def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt, found_by, record_property):
+    record_property("corruptions", 1)
     run = tmp_path / "run"
     common = ["--checkpoint-every", "3", "--sample-every", "100", *TINY]
     assert main(["train", "--out", str(run), "--steps", "6", *common]) == 0
@@ -94,15 +100,22 @@ def test_corrupt_newest_checkpoint_falls_back_to_the_previous(tmp_path, corrupt,
     assert found_by in proc.stderr + proc.stdout
     assert "resuming from" in proc.stderr + proc.stdout and "(step 3)" in proc.stderr + proc.stdout
     assert (run / "checkpoints" / "step_000000009" / "manifest.json").is_file()
+    record_property("corruptions_detected", 1)
 
 
-def test_resume_with_a_changed_config_is_refused_unless_forced(tmp_path, capsys):
+def test_resume_with_a_changed_config_is_refused_unless_forced(tmp_path, capsys, npz_data):
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--steps", "2", "--checkpoint-every", "2", *TINY]) == 0
     capsys.readouterr()
     assert main(["train", "--out", str(run), "--resume", "--steps", "4", *TINY, "--set", "model.ch=8"]) == 2
     err = capsys.readouterr().err
     assert "model.ch: None -> 8" in err and "--force" in err and err.count("\n") == 1
+    # another schedule and another data set: every difference listed, on one line
+    assert main(["train", "--out", str(run), "--resume", "--steps", "4", *TINY, "--data", npz_data,
+                 "--set", 'diffusion.schedule="cosine"']) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "diffusion.schedule: 'linear' -> 'cosine'" in err
+    assert f"data.spec: 'digits' -> '{npz_data}'" in err and "data_found.num_images" in err
     assert main(["train", "--out", str(run), "--steps", "4", *TINY]) == 2  # an existing run without --resume
     assert "--resume" in capsys.readouterr().err
     # forced, a model of another size still cannot take the weights: one line naming the file, not a traceback
@@ -144,7 +157,8 @@ def test_dry_run_prints_the_resolved_config(capsys):
     assert "lr = 0.0003" in out and "warmup = 7" in out and 'spec = "digits"' in out
 
 
-def test_sigterm_finishes_the_step_saves_and_exits(tmp_path):
+def test_sigterm_finishes_the_step_saves_and_exits(tmp_path, record_property):
+    record_property("faults", 1)
     run = tmp_path / "run"
     cmd = [sys.executable, "-m", "ddpmkit.cli", "train", "--out", str(run), "--steps", "100000",
            "--checkpoint-every", "100000", "--sample-every", "100000", *TINY]
@@ -161,24 +175,76 @@ def test_sigterm_finishes_the_step_saves_and_exits(tmp_path):
     assert "stopped by SIGTERM" in out
     ckpts = list((run / "checkpoints").glob("step_*"))
     assert len(ckpts) == 1 and (ckpts[0] / "manifest.json").is_file()
+    record_property("faults_survived", 1)
 
 
-@pytest.mark.skipif(shutil.which("torchrun") is None and not Path(sys.executable).with_name("torchrun").exists(),
-                    reason="torchrun not installed")
-def test_torchrun_two_processes_match_one_process(tmp_path):
-    common = ["--steps", "4", "--checkpoint-every", "4", "--sample-every", "100", *TINY]
-    ddpm("train", "--out", str(tmp_path / "one"), *common)
-    torchrun = str(Path(sys.executable).with_name("torchrun"))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([torchrun, "--nproc_per_node", "2", "--master_port", "29517", "-m", "ddpmkit.cli", "train",
-                           "--out", str(tmp_path / "two"), *common], capture_output=True, text=True, env=env,
-                          timeout=600)
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
+# An .npz data set: the workers skip importing scikit-learn for the built-in digits (seconds each on two cores)
+DIST = ["--steps", "6", "--checkpoint-every", "2", "--sample-every", "100", *TINY]
+COMPARED = ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
+
+
+@pytest.fixture(scope="module")
+def npz_data(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("data") / "tiny.npz"
+    np.savez(path, images=np.random.default_rng(0).integers(0, 256, (32, 8, 8), dtype=np.uint8))
+    return str(path)
+
+
+def torchrun(out: Path, data: str, restarts: int, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Two CPU processes (gloo) under torchrun on a free port; --resume so that a restarted group continues."""
+    cmd = [str(TORCHRUN), "--standalone", "--nproc_per_node", "2", "--max-restarts", str(restarts), "-m",
+           "ddpmkit.cli", "train", "--out", str(out), "--resume", "--data", data, *DIST]
+    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("DDPMKIT_FAULT")}, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, env={**full_env, **(env or {})}, timeout=300,
+                          check=False)
+
+
+@pytest.fixture(scope="module")
+def two_processes(tmp_path_factory, npz_data) -> Path:
+    """An uninterrupted two-process run."""
+    out = tmp_path_factory.mktemp("two") / "run"
+    proc = torchrun(out, npz_data, restarts=0)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    one = load_file(str(tmp_path / "one/checkpoints/step_000000004/model.safetensors"))
-    two = load_file(str(tmp_path / "two/checkpoints/step_000000004/model.safetensors"))
+    return out
+
+
+@needs_torchrun
+def test_torchrun_two_processes_match_one_process(tmp_path, two_processes, npz_data):
+    assert main(["train", "--out", str(tmp_path / "one"), "--data", npz_data, *DIST]) == 0
+    one = load_file(str(tmp_path / "one/checkpoints/step_000000006/model.safetensors"))
+    two = load_file(str(two_processes / "checkpoints/step_000000006/model.safetensors"))
     assert one.keys() == two.keys()
     for k in one:
         assert np.allclose(one[k], two[k], rtol=1e-4, atol=1e-6), k
+
+
+@needs_torchrun
+@pytest.mark.slow  # two groups of two processes: tens of seconds on two cores
+def test_torchrun_restarts_after_a_worker_is_killed_and_ends_bit_exact(tmp_path, two_processes, npz_data,
+                                                                       record_property):
+    record_property("faults", 1)
+    fired = tmp_path / "fired"  # the kill happens once: the restarted rank 1 runs through
+    env = {"DDPMKIT_FAULT": "train:step@3", "DDPMKIT_FAULT_RANK": "1", "DDPMKIT_FAULT_ONCE": str(fired)}
+    proc = torchrun(tmp_path / "run", npz_data, restarts=1, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert fired.exists() and "resuming from" in proc.stderr and "(step 2)" in proc.stderr
+    for name in COMPARED:
+        ckpt = Path("checkpoints") / "step_000000006" / name
+        assert (tmp_path / "run" / ckpt).read_bytes() == (two_processes / ckpt).read_bytes(), name
+    record_property("faults_survived", 1)
+
+
+@needs_torchrun
+def test_torchrun_without_restarts_exits_non_zero_naming_the_killed_rank(tmp_path, npz_data, record_property):
+    record_property("faults", 1)
+    proc = torchrun(tmp_path / "run", npz_data, restarts=0, env={"DDPMKIT_FAULT": "train:step@1",
+                                                                  "DDPMKIT_FAULT_RANK": "1"})
+    assert proc.returncode != 0
+    root_cause = proc.stderr.split("Root Cause")[-1]
+    assert re.search(r"rank\s*:\s*1 \(local_rank: 1\)", root_cause) and "SIGKILL" in root_cause, root_cause
+    record_property("faults_survived", 1)
 
 
 def test_the_quickstart_training_command_with_fewer_steps(tmp_path):

@@ -6,10 +6,10 @@
 Each has a save_* / plot_* function that writes the PNG the `ddpm` command writes.
 """
 
-from .grid import make_grid, save_grid, save_image
-from .interpolation import interpolate, interpolation_lambdas, save_interpolation
 from .coding import load_terms, plot_rate_distortion, rate_distortion, rate_distortion_from_terms, save_csv
 from .generation import Trajectory, save_trajectory, trajectory, trajectory_timesteps
+from .grid import make_grid, save_grid, save_image
+from .interpolation import interpolate, interpolation_lambdas, save_interpolation
 
 __all__ = ["make_grid", "save_grid", "save_image", "interpolate", "interpolation_lambdas", "save_interpolation",
            "load_terms", "plot_rate_distortion", "rate_distortion", "rate_distortion_from_terms", "save_csv",

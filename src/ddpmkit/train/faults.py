@@ -8,7 +8,13 @@ SIGKILL to its own process: no `finally`, no `atexit`, no flush, exactly like a 
     DDPMKIT_FAULT=save:prune,save:weights@2     a comma list: whichever comes first
 
 The variable is read on every call (one dict lookup), so a test may set it between two saves in one process.
-Only tests set it. The points that exist: one in the training loop (`ddpmkit.train.trainer`),
+Only tests set it. Two more variables narrow it, for a group of processes under torchrun that restarts:
+
+    DDPMKIT_FAULT_RANK=1                 only the process whose RANK is 1 is killed
+    DDPMKIT_FAULT_ONCE=/tmp/x/fired      only if that file does not exist yet; it is created just before the
+                                         kill, so the restarted process runs through
+
+The points that exist: one in the training loop (`ddpmkit.train.trainer`),
 
     train:step            after a training step is done, before any checkpoint of that step
 
@@ -40,13 +46,28 @@ def fault_armed(name: str) -> bool:
     spec = os.environ.get(ENV_VAR)
     if not spec:
         return False
+    rank = os.environ.get(ENV_VAR + "_RANK")
+    if rank is not None and os.environ.get("RANK", "0") != rank:
+        return False
     for item in spec.split(","):
         point, _, nth = item.strip().partition("@")
         if point != name:
             continue
         if not nth or (nth.isdigit() and int(nth) == _hits[name]):
-            return True
+            return _first_time()
     return False
+
+
+def _first_time() -> bool:
+    """True unless DDPMKIT_FAULT_ONCE names a file that exists; creates that file (atomically, once)."""
+    marker = os.environ.get(ENV_VAR + "_ONCE")
+    if not marker:
+        return True
+    try:
+        os.close(os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return False
+    return True
 
 
 def fault_point(name: str) -> None:

@@ -137,12 +137,19 @@ def _shape(shape: Any) -> str:
     return "(" + ",".join(str(d) for d in shape) + ")"
 
 
+def _kind(tensor: torch.Tensor) -> str:
+    return "complex" if tensor.is_complex() else "float" if tensor.is_floating_point() else "int"
+
+
 def check_weights_fit(model: torch.nn.Module, weights: dict, source: str) -> None:
-    """Raise CheckpointError if `weights` (from `source`) has missing/unexpected keys or wrong shapes for `model`."""
+    """Raise CheckpointError if `weights` (from `source`) has missing/unexpected keys, wrong shapes, or integer
+    tensors where `model` has floats (or the reverse) for `model`."""
     expected = model.state_dict()
     missing = [k for k in expected if k not in weights]
     unexpected = [k for k in weights if k not in expected]
     wrong = [k for k in expected if k in weights and tuple(expected[k].shape) != tuple(weights[k].shape)]
+    # integers where floats belong (or the reverse) are refused; float16 for float32 is a cast, as load_state_dict does
+    kinds = [k for k in expected if k in weights and _kind(expected[k]) != _kind(weights[k])]
     problems = []
     for keys, what in ((missing, "missing"), (unexpected, "unexpected")):
         if keys:
@@ -153,6 +160,11 @@ def check_weights_fit(model: torch.nn.Module, weights: dict, source: str) -> Non
         problems.append(f"shape of {k} is {_shape(expected[k].shape)} here, {_shape(weights[k].shape)} in the file")
     if len(wrong) > 3:
         problems.append(f"{len(wrong) - 3} more shape mismatches")
+    for k in kinds[:3]:
+        problems.append(f"dtype of {k} is {str(expected[k].dtype).removeprefix('torch.')} here, "
+                        f"{str(weights[k].dtype).removeprefix('torch.')} in the file")
+    if len(kinds) > 3:
+        problems.append(f"{len(kinds) - 3} more dtype mismatches")
     if problems:
         raise CheckpointError(
             f"{source} does not fit the model: {'; '.join(problems)} (saved from a different model config?)"
