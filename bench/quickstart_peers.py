@@ -90,7 +90,12 @@ def train_settings() -> tuple[dict, str]:
 
 def _digits_preset() -> dict:
     """ddpmkit's `digits` U-Net preset, with the per-level widths and resolutions the peers are built from."""
-    p = dict(PRESETS["digits"])
+    return with_geometry(PRESETS["digits"])
+
+
+def with_geometry(preset: dict) -> dict:
+    """A copy of a U-Net config with its per-level "widths" and "resolutions" added."""
+    p = dict(preset)
     p["widths"] = tuple(p["ch"] * m for m in p["ch_mult"])
     p["resolutions"] = tuple(p["image_size"] // 2**i for i in range(len(p["ch_mult"])))
     return p
@@ -110,14 +115,16 @@ def _shared_group_count(widths: tuple[int, ...], largest: int = 32) -> int:
     return max(g for g in range(1, largest + 1) if all(w % g == 0 and w // g >= 2 for w in widths))
 
 
-def build_diffusers(settings: dict) -> Peer:
-    """UNet2DModel + DDPMScheduler as the paper: linear betas, eps prediction, fixed_large variance."""
-    from diffusers import DDPMPipeline, DDPMScheduler, UNet2DModel
-    from diffusers.training_utils import EMAModel
+def diffusers_unet(p: dict):
+    """diffusers' UNet2DModel laid out as a ddpmkit U-Net preset `p` (with "widths" and "resolutions").
 
-    p = _digits_preset()
+    Same levels, widths, res blocks per level, attention resolutions (one head, as the paper's attention) and
+    dropout; diffusers takes one GroupNorm group count for the whole net, so the parameter counts differ a little.
+    """
+    from diffusers import UNet2DModel
+
     level_attn = [r in p["attn_resolutions"] for r in p["resolutions"]]
-    unet = UNet2DModel(
+    return UNet2DModel(
         sample_size=p["image_size"], in_channels=p["in_channels"], out_channels=p["out_channels"],
         layers_per_block=p["num_res_blocks"], block_out_channels=p["widths"], dropout=p["dropout"],
         down_block_types=tuple("AttnDownBlock2D" if a else "DownBlock2D" for a in level_attn),
@@ -125,6 +132,15 @@ def build_diffusers(settings: dict) -> Peer:
         norm_num_groups=_shared_group_count(p["widths"]),
         attention_head_dim=max(p["widths"]),  # one head, as the paper's attention
     )
+
+
+def build_diffusers(settings: dict) -> Peer:
+    """UNet2DModel + DDPMScheduler as the paper: linear betas, eps prediction, fixed_large variance."""
+    from diffusers import DDPMPipeline, DDPMScheduler
+    from diffusers.training_utils import EMAModel
+
+    p = _digits_preset()
+    unet = diffusers_unet(p)
     scheduler = DDPMScheduler(num_train_timesteps=T, beta_start=BETA_START, beta_end=BETA_END,
                               beta_schedule="linear", prediction_type="epsilon", variance_type="fixed_large",
                               clip_sample=True, clip_sample_range=1.0)

@@ -1,0 +1,296 @@
+"""Speed side by side: ddpmkit against diffusers on the same U-Net, the same batch, the same machine.
+
+    python bench/throughput.py                                   # both models; about 30 min on two CPU cores
+    python bench/throughput.py --models mnist28 --rounds 2 --iters 2    # a few minutes
+    python bench/throughput.py --models mnist28 --variants fp32,channels_last,compile   # ddpmkit's fast paths
+
+Each measurement runs in its own fresh process (so that peak RSS is that implementation's alone), and the
+processes alternate ours / theirs for --rounds rounds; every figure is the median over rounds, each round the
+median of --iters timed repetitions after --warmup untimed ones.
+  train    one full training step at --batch images: draw t and noise, forward, L_simple, backward, clip the
+           gradient norm to 1, Adam, EMA update.
+           ddpmkit: Trainer._train_step, the very code `ddpm train` runs, on in-memory random images.
+           diffusers: UNet2DModel + DDPMScheduler.add_noise + F.mse_loss, torch Adam, clip_grad_norm_,
+           diffusers.training_utils.EMAModel, as its train_unconditional example (fp32, its default).
+  sample   network evaluations per second while sampling a batch of --batch images with --sample-steps
+           ancestral steps: ddpmkit's respaced sampler, diffusers' DDPMPipeline with num_inference_steps. The
+           seconds for one batch at 50 and 1000 steps are that rate times 50 and 1000 (both samplers spend all but
+           a negligible part of each step in the network); for the small model the 50-step time is also measured.
+  memory   peak resident set size of the process (ru_maxrss) after its training measurement.
+  flops    the network's FLOPs in one training step (torch.utils.flop_counter, forward + backward) over our
+           step time, against what a large fp32 and bf16 GEMM reaches on this machine.
+Variants of ours (--variants): fp32 (default path), channels_last, bf16 (autocast), compile (torch.compile).
+
+The networks: ddpmkit's presets (`cifar10`, the paper's 35.7M; `mnist28`) and diffusers' UNet2DModel laid out the
+same (bench/quickstart_peers.diffusers_unet); the parameter counts are printed side by side.
+References: [DDPM] Ho, Jain & Abbeel 2020 (arXiv 2006.11239), Algorithms 1-2, App. B.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+T = 1000
+VARIANTS = {"fp32": {}, "channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
+            "compile": {"compile": True}}
+
+
+# ---- the worker: one measurement in a fresh process -----------------------------------------------------------
+
+def _timed(fn, warmup: int, iters: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _ours_trainer(model: str, batch: int, variant: str, tmp: str):
+    from ddpmkit.config import RunConfig
+    from ddpmkit.data.dataset import ImageDataset
+    from ddpmkit.models import PRESETS
+    from ddpmkit.train.trainer import Trainer
+
+    p = PRESETS[model]
+    images = np.random.default_rng(0).integers(0, 256, (max(batch, 256), p["image_size"], p["image_size"],
+                                                        p["in_channels"]), dtype=np.uint8)
+    train = {"batch_size": batch, "warmup": 10, "precision": "fp32", **VARIANTS[variant]}
+    config = RunConfig().with_values({"model.preset": model, **{f"train.{k}": v for k, v in train.items()}})
+    return Trainer(config, tmp, device="cpu", progress=False, dataset=ImageDataset(images, None, "random"))
+
+
+def _theirs(model: str, batch: int):
+    from diffusers import DDPMScheduler
+    from diffusers.training_utils import EMAModel
+    from quickstart_peers import diffusers_unet, with_geometry
+
+    from ddpmkit.models import PRESETS
+
+    p = with_geometry(PRESETS[model])
+    torch.manual_seed(0)
+    unet = diffusers_unet(p)
+    scheduler = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", variance_type="fixed_large")
+    return p, unet, scheduler, EMAModel
+
+
+def train_ours(model: str, batch: int, variant: str, warmup: int, iters: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _ours_trainer(model, batch, variant, tmp)
+        step = iter(range(10**9))
+        times = _timed(lambda: trainer._train_step(next(step)), warmup, iters)
+        return {"params": sum(p.numel() for p in trainer.model.parameters()), "times": times,
+                "flops": _flops_ours(trainer) if variant == "fp32" else None}
+
+
+def _flops_ours(trainer) -> int:
+    """FLOPs of one training step's network forward + backward, by torch.utils.flop_counter."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with FlopCounterMode(display=False) as counter:
+        trainer._train_step(10**6)
+    return int(counter.get_total_flops())
+
+
+def train_theirs(model: str, batch: int, warmup: int, iters: int) -> dict:
+    import torch.nn.functional as F
+
+    p, unet, scheduler, EMAModel = _theirs(model, batch)
+    unet.train()
+    opt = torch.optim.Adam(unet.parameters(), lr=2e-4)
+    ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    images = torch.rand(max(batch, 256), p["in_channels"], p["image_size"], p["image_size"]) * 2 - 1
+    gen = torch.Generator().manual_seed(0)
+
+    def step() -> None:
+        x0 = images[torch.randint(0, len(images), (batch,), generator=gen)]
+        noise = torch.randn(x0.shape, generator=gen)
+        t = torch.randint(0, T, (batch,), generator=gen)
+        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        ema.step(unet.parameters())
+
+    return {"params": sum(q.numel() for q in unet.parameters()), "times": _timed(step, warmup, iters)}
+
+
+def sample_ours(model: str, batch: int, steps: int, variant: str, warmup: int, iters: int) -> dict:
+    from ddpmkit.pipeline import build_diffusion
+
+    with tempfile.TemporaryDirectory() as tmp:
+        trainer = _ours_trainer(model, batch, variant, tmp)
+        diffusion = build_diffusion(trainer.config)
+        p = trainer.model.config
+        shape = (batch, p["in_channels"], p["image_size"], p["image_size"])
+        net = trainer.ema.model
+        if variant == "channels_last":
+            net = net.to(memory_format=torch.channels_last)
+        if variant == "compile":
+            net = torch.compile(net)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+            times = _timed(lambda: diffusion.sample(net, shape, steps=steps), warmup, iters)
+    return {"times": times}
+
+
+def sample_theirs(model: str, batch: int, steps: int, warmup: int, iters: int) -> dict:
+    from diffusers import DDPMPipeline
+
+    p, unet, scheduler, _ = _theirs(model, batch)
+    pipe = DDPMPipeline(unet=unet.eval(), scheduler=scheduler)
+    pipe.set_progress_bar_config(disable=True)
+    return {"times": _timed(lambda: pipe(batch_size=batch, num_inference_steps=steps, output_type="np"),
+                            warmup, iters)}
+
+
+def peak_gemm(dtype: torch.dtype, n: int = 2048, iters: int = 3) -> float:
+    """FLOP/s of an n x n x n matmul in `dtype`, the best of `iters` (n = 1024 for bf16: a CPU without bf16 dot
+    products emulates it, and a 2048^3 product takes minutes there)."""
+    n = 1024 if dtype == torch.bfloat16 else n
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a @ b
+    best = min(_timed(lambda: a @ b, 1, iters))
+    return 2 * n**3 / best
+
+
+def worker(job: dict) -> dict:
+    torch.set_num_threads(job["threads"])
+    torch.manual_seed(0)
+    kind, impl = job["kind"], job["impl"]
+    if kind == "gemm":
+        return {"fp32": peak_gemm(torch.float32), "bf16": peak_gemm(torch.bfloat16)}
+    args = (job["model"], job["batch"])
+    if kind == "train":
+        out = (train_ours(*args, job["variant"], job["warmup"], job["iters"]) if impl == "ddpmkit"
+               else train_theirs(*args, job["warmup"], job["iters"]))
+    else:
+        out = (sample_ours(*args, job["steps"], job["variant"], job["warmup"], job["iters"]) if impl == "ddpmkit"
+               else sample_theirs(*args, job["steps"], job["warmup"], job["iters"]))
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return out
+
+
+# ---- the driver -----------------------------------------------------------------------------------------------
+
+def run_job(job: dict) -> dict:
+    env = dict(os.environ, OMP_NUM_THREADS=str(job["threads"]))
+    proc = subprocess.run([sys.executable, __file__, "--worker", json.dumps(job)], capture_output=True, text=True,
+                          env=env)
+    if proc.returncode:
+        raise RuntimeError(f"worker {job} failed:\n{proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def median_over_rounds(results: list[dict]) -> dict:
+    per_round = [statistics.median(r["times"]) for r in results]
+    return {"seconds": statistics.median(per_round), "seconds_per_round": per_round,
+            "peak_rss_mb": statistics.median(r["peak_rss_mb"] for r in results),
+            **{k: results[0][k] for k in ("params", "flops") if results[0].get(k) is not None}}
+
+
+def measure(args, model: str, kind: str, steps: int | None = None) -> dict:
+    """{label: summary} for ours in each variant and for diffusers, alternating by round."""
+    base = dict(kind=kind, model=model, batch=args.batch, threads=args.threads, warmup=args.warmup,
+                iters=args.iters, steps=steps)
+    labels = [(f"ddpmkit {v}", dict(base, impl="ddpmkit", variant=v)) for v in args.variants]
+    labels.append(("diffusers fp32", dict(base, impl="diffusers", variant="fp32")))
+    raw = {label: [] for label, _ in labels}
+    for r in range(args.rounds):
+        for label, job in labels if r % 2 == 0 else reversed(labels):
+            raw[label].append(run_job(job))
+            print(f"   {model} {kind} round {r + 1}: {label}: {statistics.median(raw[label][-1]['times']):.3f} s",
+                  flush=True)
+    return {label: median_over_rounds(runs) for label, runs in raw.items()}
+
+
+def report(model: str, train: dict, sample: dict, gemm: dict, args) -> list[str]:
+    theirs_t, theirs_s = train["diffusers fp32"], sample["diffusers fp32"]
+    lines = [f"\n== {model}, batch {args.batch}, {args.threads} threads",
+             f"parameters: ddpmkit {train['ddpmkit fp32']['params']:,}, diffusers {theirs_t['params']:,}",
+             f"{'':<22} {'train img/s':>11} {'ratio':>6} {'peak RSS MB':>11} {'ratio':>6} {'sample evals/s':>14} "
+             f"{'ratio':>6} {'s/batch@50':>10} {'s/batch@1000':>12}"]
+    for label in train:
+        tr, sa = train[label], sample[label]
+        ips, evals = args.batch / tr["seconds"], args.sample_steps / sa["seconds"]
+        lines.append(f"{label:<22} {ips:>11.2f} {theirs_t['seconds'] / tr['seconds']:>6.2f} "
+                     f"{tr['peak_rss_mb']:>11.0f} {tr['peak_rss_mb'] / theirs_t['peak_rss_mb']:>6.2f} "
+                     f"{evals:>14.3f} {theirs_s['seconds'] / sa['seconds']:>6.2f} {50 / evals:>10.1f} "
+                     f"{1000 / evals:>12.0f}")
+    flops = train["ddpmkit fp32"].get("flops")
+    if flops:
+        achieved = flops / train["ddpmkit fp32"]["seconds"]
+        lines.append(f"ddpmkit fp32 step: {flops / 1e9:.1f} GFLOP (network forward + backward) -> "
+                     f"{achieved / 1e9:.1f} GFLOP/s = {achieved / gemm['fp32']:.0%} of a 2048^3 fp32 GEMM "
+                     f"({gemm['fp32'] / 1e9:.1f} GFLOP/s), {achieved / gemm['bf16']:.0%} of a 1024^3 bf16 GEMM "
+                     f"({gemm['bf16'] / 1e9:.1f} GFLOP/s)")
+    lines.append("ratio: ours / diffusers for throughput (higher is better), for memory (lower is better); "
+                 f"sampling rate from {args.sample_steps}-step runs")
+    return lines
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--models", default="mnist28,cifar10")
+    parser.add_argument("--variants", default="fp32,channels_last", help=f"of ours: {','.join(VARIANTS)}")
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--iters", type=int, default=3, help="timed repetitions per process")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
+    parser.add_argument("--sample-steps", type=int, default=10, help="ancestral steps per timed sampling run")
+    parser.add_argument("--json", type=Path, default=HERE / "out" / "throughput.json")
+    args = parser.parse_args(argv)
+    args.models = [m for m in args.models.split(",") if m]
+    args.variants = [v for v in args.variants.split(",") if v]
+    bad = [v for v in args.variants if v not in VARIANTS]
+    if bad or "fp32" not in args.variants:
+        parser.error(f"--variants {','.join(args.variants)}: choose from {','.join(VARIANTS)}, including fp32")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    from importlib.metadata import version
+
+    print(f"torch {torch.__version__}, diffusers {version('diffusers')}, {platform.processor() or platform.machine()}"
+          f", {os.cpu_count()} cores, {args.threads} threads; load average {os.getloadavg()[0]:.2f}", flush=True)
+    gemm = run_job({"kind": "gemm", "impl": "", "threads": args.threads})
+    out, lines = {"gemm": gemm, "args": {k: str(v) for k, v in vars(args).items()}}, []
+    for model in args.models:
+        train = measure(args, model, "train")
+        sample = measure(args, model, "sample", steps=args.sample_steps)
+        out[model] = {"train": train, "sample": sample}
+        lines += report(model, train, sample, gemm, args)
+        print("\n".join(lines[-(len(train) + 5):]), flush=True)
+    if len(args.models) > 1:
+        print("\n".join(lines))
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(out, indent=1))
+    print(f"load average at the end {os.getloadavg()[0]:.2f}; all numbers in {args.json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
