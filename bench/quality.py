@@ -43,6 +43,7 @@ from tqdm import tqdm
 
 from ddpmkit import Diffusion
 from ddpmkit.data import from_model_range, load_dataset, to_model_range
+from ddpmkit.errors import UserError as DataUserError
 from ddpmkit.evaluate.classifier import train_classifier
 from ddpmkit.evaluate.nll import bits_per_dim
 from ddpmkit.evaluate.run import EvalRequest, evaluate
@@ -198,10 +199,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         train = load_dataset(DATA, split="train")
         test = load_dataset(DATA, split="test")
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # the data set's own one-line message (e.g. the Debian package is missing)
+    except (UserError, DataUserError) as err:  # incl. the loader's one line when the Debian package is missing
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)
