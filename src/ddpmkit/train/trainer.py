@@ -92,7 +92,10 @@ class Trainer:
         if c.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.ema = EMA(self.model, c.ema_decay, c.ema_warmup)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr)
+        # fused Adam: one kernel for all tensors, 3.6x faster than the per-tensor loop for 35.7M parameters on CPU
+        # (docs/PERFORMANCE.md); it also skips a step on the device when GradScaler finds an inf (fp16)
+        self.fused_adam = self.dist.device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, fused=self.fused_adam or None)
         self.autocast_dtype = _autocast_dtype(c.precision, self.dist.device)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.autocast_dtype == torch.float16)
         self.net = self._wrap(self.model)
@@ -140,7 +143,7 @@ class Trainer:
             check_weights_fit(self.model, ckpt.weights[name], f"{ckpt.path}/{name}.safetensors")
         self.model.load_state_dict(ckpt.weights["model"])
         self.ema.load_state_dict(ckpt.weights["ema"])
-        self.optimizer.load_state_dict(ckpt.state["optimizer"])
+        self.optimizer.load_state_dict(_with_optimizer_flags(ckpt.state["optimizer"], self.optimizer))
         if ckpt.state.get("scaler"):
             self.scaler.load_state_dict(ckpt.state["scaler"])
         self.timesteps.load_state_dict(ckpt.state.get("timesteps") or {})
@@ -305,6 +308,16 @@ def _autocast_dtype(precision: str, device: torch.device):
         use_bf16 = device.type == "cuda" and torch.cuda.is_bf16_supported()
         return torch.bfloat16 if use_bf16 else None
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _with_optimizer_flags(saved: dict, optimizer: torch.optim.Optimizer) -> dict:
+    """`saved` with this optimizer's implementation flags (fused, foreach): load_state_dict takes every group option
+    from the file, so a checkpoint written by another torch or device would otherwise switch the kernel on resume."""
+    flags = [{k: g[k] for k in ("fused", "foreach") if k in g} for g in optimizer.param_groups]
+    groups = saved.get("param_groups")
+    if not isinstance(groups, list) or len(groups) != len(flags):
+        return saved  # load_state_dict names the mismatch
+    return {**saved, "param_groups": [{**g, **f} for g, f in zip(groups, flags)]}
 
 
 def _atomic_write(path: Path, text: str) -> None:
