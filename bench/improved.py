@@ -10,13 +10,16 @@ out of the comparison:
     vlb_learned     L_vlb alone, learned_range, importance-sampled t          [IDDPM Sec. 3.3]
 For each run (EMA weights): the bound in bits/dim on the test split (ddpmkit.evaluate.nll, all T terms), and for
 simple_fixed and hybrid_learned the FID of --n-samples samples at 25, 50, 100 and 1000 respaced steps [IDDPM
-Sec. 4, Fig. 8]; simple_fixed is also sampled with sigma^2 = beta~_t (same weights, "simple_fixed_small").
+Sec. 4, Fig. 8]; simple_fixed is also sampled with sigma^2 = beta~_t (same weights, "simple_fixed_small") and with
+DDIM, eta = 0 ("simple_fixed_ddim", up to 100 steps) [Song et al. 2021, Eq. 12].
 FID lives in the feature space of a small classifier trained here on the data's train split
 (ddpmkit.evaluate.classifier), measured against the test split as `ddpm eval` does: comparable only within this
 script's output. The "real" row is the FID of n real training images, the floor at this n.
 
-A rerun with the same --out reuses finished runs (it resumes them) and the classifier; it prints a table and
-writes results.json into --out. --timesteps overrides T, for smoke tests only (e.g. --timesteps 20).
+A rerun with the same --out reuses finished runs (it resumes them), the classifier, and every figure already in
+--out/results.json that was measured on the same weights with the same settings (so a new row or step count costs
+only itself); it prints a table and writes results.json into --out. --timesteps overrides T, for smoke tests only
+(e.g. --timesteps 20).
 """
 
 from __future__ import annotations
@@ -47,12 +50,14 @@ RUNS = {  # name -> (train.loss, diffusion.variance); train.timestep_sampler sta
     "hybrid_learned": ("hybrid", "learned_range"),
     "vlb_learned": ("vlb", "learned_range"),
 }
-FID_ROWS = {  # row -> (run whose weights sample, variance to sample with)
-    "simple_fixed": ("simple_fixed", "fixed_large"),
-    "simple_fixed_small": ("simple_fixed", "fixed_small"),
-    "hybrid_learned": ("hybrid_learned", "learned_range"),
+FID_ROWS = {  # row -> (run whose weights sample, variance to sample with, sampler)
+    "simple_fixed": ("simple_fixed", "fixed_large", "ancestral"),
+    "simple_fixed_small": ("simple_fixed", "fixed_small", "ancestral"),
+    "simple_fixed_ddim": ("simple_fixed", "fixed_large", "ddim"),  # eta = 0, at most DDIM_MAX_STEPS steps
+    "hybrid_learned": ("hybrid_learned", "learned_range", "ancestral"),
 }
 PRESETS = {"digits": "digits", "fashion-mnist": "fashion_mnist"}
+DDIM_MAX_STEPS = 100  # DDIM is for few steps; the 1000-step reference is Algorithm 2 itself
 
 
 def run_config(args, loss: str, variance: str):
@@ -99,18 +104,24 @@ def classifier(args, train_set):
     return load_classifier(path)
 
 
-def fid_rows(args, pipes: dict, extractor, real_stats, train_set) -> dict:
-    """{row: {steps: fid}} for each sampling row, and the real-data floor."""
+def fid_rows(args, pipes: dict, extractor, real_stats, train_set, cached: dict) -> dict:
+    """{row: {steps: fid}} for each sampling row, and the real-data floor; `cached` holds earlier figures."""
     out = {}
-    for row, (run, variance) in FID_ROWS.items():
+    for row, (run, variance, sampler) in FID_ROWS.items():
         pipe = pipes[run]
         if variance != pipe.diffusion.variance:  # same weights, another fixed sigma^2
             config = pipe.config.replace("diffusion.variance", variance)
             pipe = dataclasses.replace(pipe, diffusion=build_diffusion(config).to(model_device(pipe.model)))
         out[row] = {}
         for steps in args.sample_steps:
+            if sampler == "ddim" and steps > DDIM_MAX_STEPS:
+                continue
+            if str(steps) in cached.get(row, {}):
+                out[row][steps] = cached[row][str(steps)]
+                continue
             t0 = time.perf_counter()
-            images = pipe.sample(args.n_samples, steps=steps, seed=0, batch_size=args.eval_batch)
+            images = pipe.sample(args.n_samples, sampler=sampler, steps=steps, eta=0.0, seed=0,
+                                 batch_size=args.eval_batch)
             mu, sigma = feature_stats(extractor(images)["features"])
             out[row][steps] = frechet_distance(mu, sigma, *real_stats)
             print(f"{row} @ {steps} steps: FID {out[row][steps]:.3f} ({time.perf_counter() - t0:.0f} s)",
@@ -121,17 +132,39 @@ def fid_rows(args, pipes: dict, extractor, real_stats, train_set) -> dict:
     return out
 
 
+def earlier_results(args, result: dict) -> dict:
+    """--out/results.json's figures when they were measured on the same weights and settings, else nothing."""
+    path = args.out / "results.json"
+    if not path.exists():
+        return {"runs": {}}
+    old = json.loads(path.read_text())
+    same = ["data", "nll_n", "n_samples", "eval_batch", "timesteps", "steps", "batch_size"]
+    if old.get("data") != result["data"] or any(old["args"].get(k) != result["args"][k] for k in same):
+        return {"runs": {}}
+    weights = {name: _weights_id(args.out / name) for name in RUNS}
+    if old.get("weights") != weights:
+        return {"runs": {}}
+    return old
+
+
+def _weights_id(run_dir: Path) -> str:
+    """The newest checkpoint's EMA weights, by the SHA-256 its manifest records."""
+    newest = list_checkpoints(run_dir / "checkpoints")[-1]
+    return json.loads((newest / "manifest.json").read_text())["files"]["ema.safetensors"]["sha256"]
+
+
 def table(result: dict, sample_steps: list[int]) -> str:
     head = f"{'run':<20}{'loss':<8}{'variance':<14}{'bits/dim':>16}" + "".join(f"{f'FID@{s}':>10}" for s in
                                                                              sample_steps)
     lines = [head, "-" * len(head)]
     fid = result["fid"]
-    rows = {**FID_ROWS, **{name: (name, RUNS[name][1]) for name in RUNS if name not in FID_ROWS}}
-    for row, (run, variance) in rows.items():
+    rows = {**FID_ROWS, **{name: (name, RUNS[name][1], "ancestral") for name in RUNS if name not in FID_ROWS}}
+    for row, (run, variance, sampler) in rows.items():
         r = result["runs"][run]
         bpd = f"{r['nll']['nll_bpd']:.3f} +- {r['nll']['nll_bpd_sem']:.3f}" if row == run else "(same weights)"
-        cells = "".join(f"{fid[row][s]:>10.3f}" if row in fid else f"{'-':>10}" for s in sample_steps)
-        lines.append(f"{row:<20}{r['loss']:<8}{variance:<14}{bpd:>16}{cells}")
+        cells = "".join(f"{fid[row][s]:>10.3f}" if s in fid.get(row, {}) else f"{'-':>10}" for s in sample_steps)
+        label = variance if sampler == "ancestral" else f"{sampler}, eta 0"
+        lines.append(f"{row:<20}{r['loss']:<8}{label:<14}{bpd:>16}{cells}")
     real = fid["real"]
     lines.append(f"{'real (train split)':<42}{'':>16}{real['any']:>10.3f}  (n = {real['n']}, any steps)")
     return "\n".join(lines)
@@ -161,17 +194,22 @@ def main(argv: list[str] | None = None) -> int:
               "torch": torch.__version__, "threads": torch.get_num_threads()}
     for name in RUNS:
         result["runs"][name] = train(args, name)
+    previous = earlier_results(args, result)
     pipes = {name: ddpmkit.load(args.out / name, device=args.device) for name in RUNS}
     test = load_dataset(args.data, split="test")
     for name, pipe in pipes.items():
+        if "nll" in previous["runs"].get(name, {}):
+            result["runs"][name].update({k: previous["runs"][name][k] for k in ("nll", "nll_seconds")})
+            continue
         t0 = time.perf_counter()
         result["runs"][name]["nll"] = nll(args, pipe, test.images)
         result["runs"][name]["nll_seconds"] = time.perf_counter() - t0
     train_set = load_dataset(args.data, split="train")
     extractor = classifier(args, train_set)
     real_stats = feature_stats(extractor(test.images)["features"])
-    result["fid"] = fid_rows(args, pipes, extractor, real_stats, train_set)
+    result["fid"] = fid_rows(args, pipes, extractor, real_stats, train_set, previous.get("fid", {}))
     result["feature_space"] = extractor.description
+    result["weights"] = {name: _weights_id(args.out / name) for name in RUNS}
     (args.out / "results.json").write_text(json.dumps(result, indent=2, default=float))
     print(table(result, args.sample_steps))
     print(f"\n{extractor.description}\nwritten: {args.out / 'results.json'}")

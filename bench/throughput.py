@@ -19,6 +19,11 @@ median of --iters timed repetitions after --warmup untimed ones.
   memory   peak resident set size of the process (ru_maxrss) after its training measurement.
   flops    the network's FLOPs in one training step (torch.utils.flop_counter, forward + backward) over our
            step time, against what a large fp32 and bf16 GEMM reaches on this machine.
+  parts    in one process, milliseconds of the pieces around the network: one Adam step over the model's
+           parameters as torch's per-tensor loop (its CPU default, what the diffusers side runs), foreach and fused
+           (ddpmkit's choice); one EMA update, ddpmkit's foreach lerp against diffusers' EMAModel.step; and the
+           network's forward pass alone (no grad) in GFLOP/s against the fp32 GEMM: how much room any
+           implementation of this network has left on this machine.
 Variants of ours (--variants): fp32 (default path), channels_last, bf16 (autocast), compile (torch.compile).
 
 The networks: ddpmkit's presets (`cifar10`, the paper's 35.7M; `mnist28`) and diffusers' UNet2DModel laid out the
@@ -171,12 +176,47 @@ def peak_gemm(dtype: torch.dtype, n: int = 2048, iters: int = 3) -> float:
     return 2 * n**3 / best
 
 
+def parts(model: str, batch: int, warmup: int, iters: int) -> dict:
+    """Milliseconds of Adam (three kernels) and EMA (two implementations), and the forward pass's GFLOP/s."""
+    from diffusers.training_utils import EMAModel
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from ddpmkit.models import UNet
+    from ddpmkit.train.ema import EMA
+
+    net = UNet.from_preset(model)
+    for q in net.parameters():
+        q.grad = torch.randn_like(q) * 1e-3
+    out = {}
+    for name, flags in {"adam_loop": dict(foreach=False), "adam_foreach": dict(foreach=True),
+                        "adam_fused": dict(fused=True)}.items():
+        opt = torch.optim.Adam(net.parameters(), lr=1e-4, **flags)
+        out[name] = 1e3 * statistics.median(_timed(opt.step, warmup, iters))
+    ours = EMA(net, 0.9999)
+    step = iter(range(10**9))
+    out["ema_ddpmkit"] = 1e3 * statistics.median(_timed(lambda: ours.update(net, next(step)), warmup, iters))
+    theirs = EMAModel(net.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    out["ema_diffusers"] = 1e3 * statistics.median(_timed(lambda: theirs.step(net.parameters()), warmup, iters))
+    c = net.config
+    x, t = torch.randn(batch, c["in_channels"], c["image_size"], c["image_size"]), torch.full((batch,), 500)
+    net.eval()
+    with torch.no_grad():
+        with FlopCounterMode(display=False) as counter:
+            net(x, t)
+        seconds = statistics.median(_timed(lambda: net(x, t), warmup, iters))
+    out["forward_gflops"] = counter.get_total_flops() / seconds / 1e9
+    out["forward_gflop"] = counter.get_total_flops() / 1e9
+    return out
+
+
 def worker(job: dict) -> dict:
     torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     kind, impl = job["kind"], job["impl"]
     if kind == "gemm":
         return {"fp32": peak_gemm(torch.float32), "bf16": peak_gemm(torch.bfloat16)}
+    if kind == "parts":
+        return parts(job["model"], job["batch"], job["warmup"], max(job["iters"], 3))
     args = (job["model"], job["batch"])
     if kind == "train":
         out = (train_ours(*args, job["variant"], job["warmup"], job["iters"]) if impl == "ddpmkit"
@@ -221,7 +261,7 @@ def measure(args, model: str, kind: str, steps: int | None = None) -> dict:
     return {label: median_over_rounds(runs) for label, runs in raw.items()}
 
 
-def report(model: str, train: dict, sample: dict, gemm: dict, args) -> list[str]:
+def report(model: str, train: dict, sample: dict, parts_result: dict, gemm: dict, args) -> list[str]:
     theirs_t, theirs_s = train["diffusers fp32"], sample["diffusers fp32"]
     lines = [f"\n== {model}, batch {args.batch}, {args.threads} threads",
              f"parameters: ddpmkit {train['ddpmkit fp32']['params']:,}, diffusers {theirs_t['params']:,}",
@@ -243,6 +283,12 @@ def report(model: str, train: dict, sample: dict, gemm: dict, args) -> list[str]
                      f"({gemm['bf16'] / 1e9:.1f} GFLOP/s)")
     lines.append("ratio: ours / diffusers for throughput (higher is better), for memory (lower is better); "
                  f"sampling rate from {args.sample_steps}-step runs")
+    pt = parts_result
+    lines.append(f"parts (ms): Adam per-tensor loop {pt['adam_loop']:.1f}, foreach {pt['adam_foreach']:.1f}, fused "
+                 f"{pt['adam_fused']:.1f} (ddpmkit); EMA update ddpmkit {pt['ema_ddpmkit']:.1f}, diffusers EMAModel "
+                 f"{pt['ema_diffusers']:.1f}")
+    lines.append(f"forward pass alone: {pt['forward_gflop']:.1f} GFLOP at {pt['forward_gflops']:.1f} GFLOP/s = "
+                 f"{pt['forward_gflops'] * 1e9 / gemm['fp32']:.0%} of the fp32 GEMM")
     return lines
 
 
@@ -281,9 +327,11 @@ def main(argv=None) -> int:
     for model in args.models:
         train = measure(args, model, "train")
         sample = measure(args, model, "sample", steps=args.sample_steps)
-        out[model] = {"train": train, "sample": sample}
-        lines += report(model, train, sample, gemm, args)
-        print("\n".join(lines[-(len(train) + 5):]), flush=True)
+        pieces = run_job(dict(kind="parts", impl="", model=model, batch=args.batch, threads=args.threads,
+                              warmup=args.warmup, iters=args.iters))
+        out[model] = {"train": train, "sample": sample, "parts": pieces}
+        lines += report(model, train, sample, pieces, gemm, args)
+        print("\n".join(lines[-(len(train) + 7):]), flush=True)
     if len(args.models) > 1:
         print("\n".join(lines))
     args.json.parent.mkdir(parents=True, exist_ok=True)

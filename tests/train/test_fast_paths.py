@@ -85,7 +85,8 @@ def test_bf16_training_stays_close_to_fp32(tmp_path):
         assert p.dtype == torch.float32 and torch.isfinite(p).all()  # finite, so every gradient was finite
 
 
-@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")), reason="torch.compile on CPU needs a C++ compiler")
+@pytest.mark.skipif(not (shutil.which("c++") or shutil.which("g++")),
+                    reason="torch.compile on CPU needs a C++ compiler")
 @pytest.mark.slow  # inductor compiles the forward and backward graphs: about a minute on two cores
 def test_compiled_training_matches_eager(tmp_path):
     ref, ref_losses = reference(tmp_path, 3)
