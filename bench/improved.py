@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 import ddpmkit
-from ddpmkit.config import load_config
+from ddpmkit.config import load_config, parse_value
 from ddpmkit.data import load_dataset
 from ddpmkit.evaluate.classifier import load_classifier, train_classifier
 from ddpmkit.evaluate.fid import feature_stats, frechet_distance
@@ -68,7 +68,10 @@ def run_config(args, loss: str, variance: str):
     if args.timesteps:
         values["diffusion.timesteps"] = args.timesteps
         values["sample.steps"] = min(args.timesteps, 100)
-    return load_config(PRESETS[args.data]).with_values(values, source="bench/improved.py")
+    for item in args.set:  # e.g. a smaller network for Fashion-MNIST on a CPU budget: --set model.ch=32
+        key, _, value = item.partition("=")
+        values[key.strip()] = parse_value(value.strip())
+    return load_config(PRESETS[args.data]).with_values(values, source="bench/improved.py --set")
 
 
 def train(args, name: str) -> dict:
@@ -138,7 +141,7 @@ def earlier_results(args, result: dict) -> dict:
     if not path.exists():
         return {"runs": {}}
     old = json.loads(path.read_text())
-    same = ["data", "nll_n", "n_samples", "eval_batch", "timesteps", "steps", "batch_size"]
+    same = ["data", "nll_n", "n_samples", "eval_batch", "timesteps", "steps", "batch_size", "set"]
     if old.get("data") != result["data"] or any(old["args"].get(k) != result["args"][k] for k in same):
         return {"runs": {}}
     weights = {name: _weights_id(args.out / name) for name in RUNS}
@@ -181,6 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--data", choices=sorted(PRESETS), default="digits")
     p.add_argument("--timesteps", type=int, default=None, help="override T (smoke tests only)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="a config value of all three runs, as `ddpm train --set` (changes which runs --out reuses)")
     p.add_argument("--device", default="auto")
     p.add_argument("--eval-batch", type=int, default=500)
     p.add_argument("--no-progress", action="store_true")
