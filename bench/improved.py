@@ -132,7 +132,22 @@ def fid_rows(args, pipes: dict, extractor, real_stats, train_set, cached: dict) 
     pick = np.random.default_rng(0).permutation(len(train_set))[: args.n_samples]
     mu, sigma = feature_stats(extractor(train_set.images[pick])["features"])
     out["real"] = {"any": frechet_distance(mu, sigma, *real_stats), "n": len(pick)}
+    out["seed_spread"] = seed_spread(args, pipes["simple_fixed"], extractor, real_stats,
+                                     cached.get("seed_spread", {}))
     return out
+
+
+def seed_spread(args, pipe, extractor, real_stats, cached: dict) -> dict:
+    """How much the FID moves when only the sampling seed changes: simple_fixed at the fewest steps, seeds 0-4.
+    A difference between rows smaller than this spread is noise."""
+    steps = min(args.sample_steps)
+    if cached.get("steps") == steps:
+        return cached
+    fids = []
+    for seed in range(5):
+        images = pipe.sample(args.n_samples, steps=steps, seed=seed, batch_size=args.eval_batch)
+        fids.append(frechet_distance(*feature_stats(extractor(images)["features"]), *real_stats))
+    return {"steps": steps, "fids": fids, "sd": float(np.std(fids, ddof=1))}
 
 
 def earlier_results(args, result: dict) -> dict:
@@ -170,6 +185,9 @@ def table(result: dict, sample_steps: list[int]) -> str:
         lines.append(f"{row:<20}{r['loss']:<8}{label:<14}{bpd:>16}{cells}")
     real = fid["real"]
     lines.append(f"{'real (train split)':<42}{'':>16}{real['any']:>10.3f}  (n = {real['n']}, any steps)")
+    spread = fid["seed_spread"]
+    lines.append(f"FID noise: simple_fixed @ {spread['steps']} steps with sampling seeds 0-4: "
+                 f"{', '.join(f'{x:.3f}' for x in spread['fids'])} (sd {spread['sd']:.3f})")
     return "\n".join(lines)
 
 
