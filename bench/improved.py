@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import sys
 import time
@@ -115,7 +116,7 @@ def fid_rows(args, pipes: dict, extractor, real_stats, train_set, cached: dict) 
         if variance != pipe.diffusion.variance:  # same weights, another fixed sigma^2
             config = pipe.config.replace("diffusion.variance", variance)
             pipe = dataclasses.replace(pipe, diffusion=build_diffusion(config).to(model_device(pipe.model)))
-        out[row] = {}
+        out[row] = {int(k): v for k, v in cached.get(row, {}).items()}  # keep step counts not asked for now
         for steps in args.sample_steps:
             if sampler == "ddim" and steps > DDIM_MAX_STEPS:
                 continue
@@ -159,16 +160,21 @@ def earlier_results(args, result: dict) -> dict:
     same = ["data", "nll_n", "n_samples", "eval_batch", "timesteps", "steps", "batch_size", "set"]
     if old.get("data") != result["data"] or any(old["args"].get(k) != result["args"][k] for k in same):
         return {"runs": {}}
-    weights = {name: _weights_id(args.out / name) for name in RUNS}
-    if old.get("weights") != weights:
+    if old.get("weights") != weights_ids(args):
         return {"runs": {}}
     return old
 
 
-def _weights_id(run_dir: Path) -> str:
-    """The newest checkpoint's EMA weights, by the SHA-256 its manifest records."""
-    newest = list_checkpoints(run_dir / "checkpoints")[-1]
-    return json.loads((newest / "manifest.json").read_text())["files"]["ema.safetensors"]["sha256"]
+def weights_ids(args) -> dict:
+    """SHA-256 of what the figures depend on: each run's newest EMA weights (as its manifest records them) and the
+    classifier whose features the FIDs are in (None before it exists)."""
+    ids = {}
+    for name in RUNS:
+        newest = list_checkpoints(args.out / name / "checkpoints")[-1]
+        ids[name] = json.loads((newest / "manifest.json").read_text())["files"]["ema.safetensors"]["sha256"]
+    path = args.out / "classifier.safetensors"
+    ids["classifier"] = hashlib.sha256(path.read_bytes()).hexdigest() if path.exists() else None
+    return ids
 
 
 def table(result: dict, sample_steps: list[int]) -> str:
@@ -232,7 +238,7 @@ def main(argv: list[str] | None = None) -> int:
     real_stats = feature_stats(extractor(test.images)["features"])
     result["fid"] = fid_rows(args, pipes, extractor, real_stats, train_set, previous.get("fid", {}))
     result["feature_space"] = extractor.description
-    result["weights"] = {name: _weights_id(args.out / name) for name in RUNS}
+    result["weights"] = weights_ids(args)
     (args.out / "results.json").write_text(json.dumps(result, indent=2, default=float))
     print(table(result, args.sample_steps))
     print(f"\n{extractor.description}\nwritten: {args.out / 'results.json'}")
