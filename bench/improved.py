@@ -16,7 +16,8 @@ FID lives in the feature space of a small classifier trained here on the data's 
 (ddpmkit.evaluate.classifier), measured against the test split as `ddpm eval` does: comparable only within this
 script's output. The "real" row is the FID of n real training images, the floor at this n.
 
-A rerun with the same --out reuses finished runs (it resumes them), the classifier, and every figure already in
+A rerun with the same --out reuses finished runs, resumes unfinished ones from their last checkpoint (one per fifth
+of --steps), reuses the classifier, and every figure already in
 --out/results.json that was measured on the same weights with the same settings (so a new row or step count costs
 only itself); it prints a table and writes results.json into --out. --timesteps overrides T, for smoke tests only
 (e.g. --timesteps 20).
@@ -63,7 +64,8 @@ DDIM_MAX_STEPS = 100  # DDIM is for few steps; the 1000-step reference is Algori
 
 def run_config(args, loss: str, variance: str):
     values = {"train.loss": loss, "diffusion.variance": variance, "train.steps": args.steps,
-              "train.checkpoint_every": args.steps, "train.sample_every": args.steps, "train.num_samples": 16}
+              "train.checkpoint_every": max(1, args.steps // 5),  # a killed run resumes from the last fifth
+              "train.sample_every": args.steps, "train.num_samples": 16}
     if args.batch_size:
         values["train.batch_size"] = args.batch_size
     if args.timesteps:
