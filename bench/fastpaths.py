@@ -32,9 +32,12 @@ import torch
 import ddpmkit
 from ddpmkit.config import load_config
 from ddpmkit.data import load_dataset
-from ddpmkit.evaluate.classifier import load_classifier, train_classifier
-from ddpmkit.evaluate.fid import feature_stats, frechet_distance
+from ddpmkit.errors import UserError
+from ddpmkit.evaluate.fid import feature_stats
 from ddpmkit.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from improved import classifier, fid_of  # noqa: E402  (same classifier file and FID as bench/improved.py)
 
 SETTINGS = {"channels_last": {"train.channels_last": True}, "compile": {"train.compile": True},
             "bf16": {"train.precision": "bf16"}}
@@ -44,8 +47,8 @@ def variant_values(name: str) -> dict:
     values = {}
     for part in name.split("+"):
         if part not in SETTINGS:
-            raise SystemExit(f"bench/fastpaths.py: --variants: unknown setting {part!r}; choose from "
-                             f"{', '.join(SETTINGS)} (join several with +)")
+            raise UserError(f"--variants: unknown setting {part!r}; choose from {', '.join(SETTINGS)} "
+                            "(join several with +)")
         values.update(SETTINGS[part])
     return values
 
@@ -68,7 +71,7 @@ def train(args, name: str, values: dict) -> dict:
 def loss_figures(run: dict, base: dict, steps: int) -> dict:
     s, loss, base_loss = np.array(run["steps"]), np.array(run["loss"]), np.array(base["loss"])
     if len(loss) != len(base_loss):
-        raise SystemExit("bench/fastpaths.py: runs logged at different steps; use a fresh --out")
+        raise UserError("--out: its runs were logged at different steps (another --steps?); use a fresh --out")
     last = s > 0.75 * steps
     return {"final_loss": float(loss[last].mean()), "max_gap": float(np.abs(loss - base_loss).max()),
             "final_gap": float(abs(loss[last].mean() - base_loss[last].mean()))}
@@ -91,6 +94,14 @@ def plot(runs: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except UserError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=2000)
     p.add_argument("--variants", default="channels_last+compile", help="comma-separated; join settings with +")
@@ -107,16 +118,11 @@ def main(argv: list[str] | None = None) -> int:
     runs = {name: train(args, name, values) for name, values in plan.items()}
     plot(runs, args.out / "loss_curves.png")
 
-    train_set, test = load_dataset("digits", split="train"), load_dataset("digits", split="test")
-    path = args.out / "classifier.safetensors"
-    if not path.exists():
-        train_classifier(train_set, path, progress=not args.no_progress)
-    extractor = load_classifier(path)
-    real = feature_stats(extractor(test.images)["features"])
+    extractor = classifier(args, load_dataset("digits", split="train"))
+    real = feature_stats(extractor(load_dataset("digits", split="test").images)["features"])
     for name, run in runs.items():
-        pipe = ddpmkit.load(args.out / name, device="cpu")
-        images = pipe.sample(args.n_samples, steps=100, seed=0, batch_size=500)
-        run["fid"] = frechet_distance(*feature_stats(extractor(images)["features"]), *real)
+        images = ddpmkit.load(args.out / name, device="cpu").sample(args.n_samples, steps=100, seed=0, batch_size=500)
+        run["fid"] = fid_of(extractor, images, real)
         run.update(loss_figures(run, runs["fp32"], args.steps))
     head = f"{'run':<26}{'train s':>9}{'loss, last 25%':>16}{'max gap':>10}{'final gap':>11}{'FID@100':>9}"
     lines = [head, "-" * len(head)]

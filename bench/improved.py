@@ -39,6 +39,7 @@ import torch
 import ddpmkit
 from ddpmkit.config import load_config, parse_value
 from ddpmkit.data import load_dataset
+from ddpmkit.errors import UserError
 from ddpmkit.evaluate.classifier import load_classifier, train_classifier
 from ddpmkit.evaluate.fid import feature_stats, frechet_distance
 from ddpmkit.evaluate.nll import bits_per_dim
@@ -110,6 +111,11 @@ def classifier(args, train_set):
     return load_classifier(path)
 
 
+def fid_of(extractor, images: np.ndarray, real_stats: tuple) -> float:
+    """FID of uint8 images (N, H, W, C) against the real statistics, in the extractor's feature space."""
+    return frechet_distance(*feature_stats(extractor(images)["features"]), *real_stats)
+
+
 def fid_rows(args, pipes: dict, extractor, real_stats, train_set, cached: dict) -> dict:
     """{row: {steps: fid}} for each sampling row, and the real-data floor; `cached` holds earlier figures."""
     out = {}
@@ -128,13 +134,11 @@ def fid_rows(args, pipes: dict, extractor, real_stats, train_set, cached: dict) 
             t0 = time.perf_counter()
             images = pipe.sample(args.n_samples, sampler=sampler, steps=steps, eta=0.0, seed=0,
                                  batch_size=args.eval_batch)
-            mu, sigma = feature_stats(extractor(images)["features"])
-            out[row][steps] = frechet_distance(mu, sigma, *real_stats)
+            out[row][steps] = fid_of(extractor, images, real_stats)
             print(f"{row} @ {steps} steps: FID {out[row][steps]:.3f} ({time.perf_counter() - t0:.0f} s)",
                   file=sys.stderr)
     pick = np.random.default_rng(0).permutation(len(train_set))[: args.n_samples]
-    mu, sigma = feature_stats(extractor(train_set.images[pick])["features"])
-    out["real"] = {"any": frechet_distance(mu, sigma, *real_stats), "n": len(pick)}
+    out["real"] = {"any": fid_of(extractor, train_set.images[pick], real_stats), "n": len(pick)}
     out["seed_spread"] = seed_spread(args, pipes["simple_fixed"], extractor, real_stats,
                                      cached.get("seed_spread", {}))
     return out
@@ -149,7 +153,7 @@ def seed_spread(args, pipe, extractor, real_stats, cached: dict) -> dict:
     fids = []
     for seed in range(5):
         images = pipe.sample(args.n_samples, steps=steps, seed=seed, batch_size=args.eval_batch)
-        fids.append(frechet_distance(*feature_stats(extractor(images)["features"]), *real_stats))
+        fids.append(fid_of(extractor, images, real_stats))
     return {"steps": steps, "fids": fids, "sd": float(np.std(fids, ddof=1))}
 
 
@@ -200,6 +204,14 @@ def table(result: dict, sample_steps: list[int]) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except UserError as err:  # a bad --set, missing data, a run dir that cannot be written: one line
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+def _main(argv: list[str] | None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--steps", type=int, default=1500, help="training steps of each run (default 1500, the preset's)")
     p.add_argument("--batch-size", type=int, default=None, help="default: the preset's (digits: 64)")

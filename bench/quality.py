@@ -43,7 +43,7 @@ from tqdm import tqdm
 
 from ddpmkit import Diffusion
 from ddpmkit.data import from_model_range, load_dataset, to_model_range
-from ddpmkit.errors import UserError as DataUserError
+from ddpmkit.errors import UserError
 from ddpmkit.evaluate.classifier import train_classifier
 from ddpmkit.evaluate.nll import bits_per_dim
 from ddpmkit.evaluate.run import EvalRequest, evaluate
@@ -65,10 +65,6 @@ from quickstart_peers import (  # noqa: E402
 )
 
 DATA = "fashion-mnist"
-
-
-class UserError(Exception):
-    """A bad option or missing data: one line, exit code 2."""
 
 
 class EpsFromDiffusers(nn.Module):
@@ -199,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parse_args(argv)
         train = load_dataset(DATA, split="train")
         test = load_dataset(DATA, split="test")
-    except (UserError, DataUserError) as err:  # incl. the loader's one line when the Debian package is missing
+    except UserError as err:  # a bad option, or the loader's one line when the Debian package is missing
         print(f"error: {err}", file=sys.stderr)
         return 2
     torch.set_num_threads(args.threads)

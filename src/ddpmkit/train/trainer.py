@@ -94,8 +94,8 @@ class Trainer:
         self.ema = EMA(self.model, c.ema_decay, c.ema_warmup)
         # fused Adam: one kernel for all tensors, 3.6x faster than the per-tensor loop for 35.7M parameters on CPU
         # (docs/PERFORMANCE.md); it also skips a step on the device when GradScaler finds an inf (fp16)
-        self.fused_adam = self.dist.device.type in ("cpu", "cuda")
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, fused=self.fused_adam or None)
+        fused = self.dist.device.type in ("cpu", "cuda") or None  # None: torch's choice elsewhere
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, fused=fused)
         self.autocast_dtype = _autocast_dtype(c.precision, self.dist.device)
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.autocast_dtype == torch.float16)
         self.net = self._wrap(self.model)
