@@ -106,3 +106,38 @@ def test_schedules_whose_coefficients_cannot_be_finite_are_refused(beta, words):
     with pytest.raises(ConfigError) as info:
         schedules.validate(beta)
     assert words in str(info.value) and "\n" not in str(info.value)
+
+
+def solver_runs(T: int):
+    """(sampler, spacing, steps) for every sampler and spacing: the fewest steps its order allows, 3, and all T
+    (all T only for short schedules; long ones get 50 instead, which still visits t = T-1, the middle and 0)."""
+    from ddpmkit.samplers import SAMPLERS, SPACINGS
+
+    for sampler, spec in SAMPLERS.items():
+        for spacing in SPACINGS:
+            for k in sorted({spec.order, 3, T if T <= 10 else 50}):
+                if spec.order <= k <= T:
+                    yield sampler, spacing, k
+
+
+@pytest.mark.parametrize("name, T", SCHEDULES)
+def test_every_solver_and_spacing_gives_finite_samples_from_extreme_outputs(name, T):
+    for variance in VARIANCES:
+        d = Diffusion(beta_of(name, T), variance=variance)
+        for sampler, spacing, k in solver_runs(T):
+            model = ExtremeModel(variance == "learned_range")
+            x = d.sample(model, (len(EXTREMES), 1, 2), sampler=sampler, steps=k, spacing=spacing,
+                         generator=torch.Generator().manual_seed(0))
+            assert torch.isfinite(x).all(), (variance, sampler, spacing, k, x)
+            assert model.t_dtypes == {torch.int64}
+
+
+@pytest.mark.parametrize("parameterization", ["x0", "v"])
+def test_every_solver_stays_finite_with_the_other_parameterizations(parameterization):
+    for name, T in [("linear", 2), ("cosine", 4000), ("given", 10)]:
+        for variance in VARIANCES:
+            d = Diffusion(beta_of(name, T), parameterization=parameterization, variance=variance)
+            for sampler, spacing, k in solver_runs(T):
+                x = d.sample(ExtremeModel(variance == "learned_range"), (len(EXTREMES), 1, 2), sampler=sampler,
+                             steps=k, spacing=spacing, generator=torch.Generator().manual_seed(0))
+                assert torch.isfinite(x).all(), (name, T, variance, sampler, spacing, k)

@@ -11,7 +11,7 @@ The public API, re-exported:
 
 __version__ = "0.1.0"
 
-from . import oracle, schedules
+from . import oracle, samplers, schedules
 from .config import RunConfig, load_config
 from .data import load_dataset
 from .diffusion import Diffusion

@@ -54,6 +54,16 @@ def _add_train(sub) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _add_sampler_options(p, default: str = "the run's [sample] config") -> None:
+    """--sampler, --steps, --spacing and --eta, the same wherever a command samples."""
+    from .samplers import SAMPLERS, SPACINGS
+
+    p.add_argument("--sampler", choices=list(SAMPLERS), help=f"default: {default}")
+    p.add_argument("--steps", type=int, help=f"sampling steps, 1 .. T (< T respaces); default: {default}")
+    p.add_argument("--spacing", choices=list(SPACINGS), help=f"where the steps lie in t; default: {default}")
+    p.add_argument("--eta", type=float, help="ddim only: 0 deterministic (default), 1 DDPM-like")
+
+
 def _add_sample(sub) -> None:
     p = sub.add_parser("sample", help="draw samples from a trained run (Algorithm 2, respaced, or DDIM)")
     p.add_argument("run_dir", type=Path, help="a run directory (newest valid checkpoint) or a checkpoint folder")
@@ -61,9 +71,7 @@ def _add_sample(sub) -> None:
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", type=Path, help="grid PNG to write (default RUN_DIR/sample_grid.png)")
     p.add_argument("--npz", type=Path, help="also write uint8 (N, H, W, C) under key arr_0 (the ADM format)")
-    p.add_argument("--sampler", choices=("ancestral", "ddim"), help="default: the run's [sample] config")
-    p.add_argument("--steps", type=int, help="sampling steps (< T respaces); default: the run's config")
-    p.add_argument("--eta", type=float, help="DDIM eta (0 deterministic, 1 DDPM-like)")
+    _add_sampler_options(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--no-ema", action="store_true", help="use the training weights instead of the EMA")
@@ -85,9 +93,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--features", type=Path, help="a classifier from ddpm train-classifier as the feature space")
     p.add_argument("--checkpoint", type=Path)
     p.add_argument("--no-ema", action="store_true")
-    p.add_argument("--sampler", choices=("ancestral", "ddim"))
-    p.add_argument("--steps", type=int)
-    p.add_argument("--eta", type=float)
+    _add_sampler_options(p)
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
@@ -129,6 +135,7 @@ def _add_trajectory(sub) -> None:
                    help="x0: the predictions x0(x_t) (default, as Fig. 6); xt: the latents x_t themselves; "
                         "both: a row of x_t above each row of x0")
     p.add_argument("--batch-size", type=int, default=16, help="samples per chain (the whole chain is kept; default 16)")
+    _add_sampler_options(p, default="ancestral, all T steps (Algorithm 2, as Fig. 6)")
 
 
 def _add_interpolate(sub) -> None:
@@ -144,6 +151,7 @@ def _add_interpolate(sub) -> None:
     p.add_argument("--t", type=int, help="the paper's timestep of the latents, 1 .. T (default T/2: 500 of 1000)")
     p.add_argument("--lambdas", type=int, default=11, help="number of λ from 0 to 1 (default 11)")
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/interpolation.png)")
+    _add_sampler_options(p, default="ancestral, all t steps (the reverse process, as Fig. 8)")
 
 
 def _add_rate_distortion(sub) -> None:
@@ -203,7 +211,8 @@ def cmd_train(args) -> int:
               f"continue with: ddpm train --out {args.out} --resume")
         sig = getattr(signal, str(result["interrupted"]), None)
         return 128 + int(sig) if sig is not None else 1
-    print(f"trained to step {result['step']}; checkpoint {result['checkpoint']}; samples {result['samples']}")
+    print(f"trained to step {result['step']}; checkpoint {result['checkpoint']}; "
+          f"samples {result['samples'] or 'none (--sample-every 0)'}")
     return 0
 
 
@@ -215,11 +224,13 @@ def cmd_sample(args) -> int:
         raise UserError("--n and --batch-size must be at least 1")
     pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
                 device=None if args.device == "auto" else args.device)
-    images = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
+    sampler, steps, eta, spacing = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
+    images = pipe.sample(args.n, sampler=sampler, steps=steps, eta=args.eta, spacing=spacing, seed=args.seed,
                          batch_size=args.batch_size, progress=not args.no_progress)
     out = args.out or (args.run_dir / "sample_grid.png")
     save_grid(images, out)
-    print(f"wrote {out} ({args.n} samples, step {pipe.step})")
+    print(f"wrote {out} ({args.n} samples, step {pipe.step}; {sampler}, {steps or pipe.diffusion.num_timesteps} "
+          f"steps, {spacing} spacing, {pipe.nfe(sampler, steps)} NFE per sample)")
     if args.npz:
         args.npz.parent.mkdir(parents=True, exist_ok=True)
         np.savez(args.npz, arr_0=images)
@@ -240,7 +251,8 @@ def cmd_eval(args) -> int:
     request = EvalRequest(
         data=args.data, run_dir=args.run_dir, checkpoint=args.checkpoint, samples=args.samples, split=args.split,
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=args.n, nll_n=args.nll_n,
-        ema=not args.no_ema, sampler=args.sampler, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
+        ema=not args.no_ema, sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
+        batch_size=args.batch_size,
         seed=args.seed, inception=args.inception, features=args.features,
         device=None if args.device == "auto" else args.device, progress=not args.no_progress, out_dir=out.parent)
     result = evaluate(request)
@@ -275,12 +287,18 @@ def _load_run(args):
                 device=None if args.device == "auto" else args.device)
 
 
+def _sampler_kwargs(args) -> dict:
+    """The sampler options given on the command line (the figure functions default the rest)."""
+    given = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "eta": args.eta}
+    return {k: v for k, v in given.items() if v is not None}
+
+
 def cmd_trajectory(args) -> int:
     from .figures.generation import save_trajectory, trajectory
 
     pipe = _load_run(args)
     traj = trajectory(pipe, args.n, args.columns, seed=args.seed, batch_size=args.batch_size,
-                      progress=not args.no_progress)
+                      progress=not args.no_progress, **_sampler_kwargs(args))
     out = args.out or (args.run_dir / "trajectory.png")
     save_trajectory(traj, out, show=args.show)
     print(f"wrote {out} ({args.n} samples x {len(traj.t)} columns of {args.show}, t = "
@@ -298,7 +316,8 @@ def cmd_interpolate(args) -> int:
         a, b = (image_from_dataset(ds, value, flag, args.split) for value, flag in ((args.a, "--a"), (args.b, "--b")))
     else:
         a, b = image_from_file(args.a, pipe, "--a"), image_from_file(args.b, pipe, "--b")
-    decoded = interpolate(pipe, a, b, args.t, args.lambdas, seed=args.seed, progress=not args.no_progress)
+    decoded = interpolate(pipe, a, b, args.t, args.lambdas, seed=args.seed, progress=not args.no_progress,
+                          **_sampler_kwargs(args))
     out = args.out or (args.run_dir / "interpolation.png")
     save_interpolation(a, b, decoded, out)
     t = pipe.diffusion.num_timesteps // 2 if args.t is None else args.t

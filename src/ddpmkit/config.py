@@ -126,9 +126,10 @@ class TrainConfig:
     max_bad_losses: int = 3  # stop after this many non-finite losses in a row
 
     def __post_init__(self):
-        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "sample_every", "keep_checkpoints",
+        for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
                      "num_samples", "max_bad_losses"):
             _positive("train", name, getattr(self, name))
+        _positive("train", "sample_every", self.sample_every, zero_ok=True)  # 0: no sample grids, not even the last
         _positive("train", "warmup", self.warmup, zero_ok=True)
         _positive("train", "lr", self.lr, integer=False)
         _positive("train", "hybrid_lambda", self.hybrid_lambda, integer=False)
@@ -146,18 +147,30 @@ class TrainConfig:
 
 @dataclass
 class SampleConfig:
-    """Algorithm 2 or DDIM for the sample grids and `ddpm sample` [DDPM Alg. 2; DDIM Eq. 12]."""
+    """The sampler of the sample grids, `ddpm sample` and `ddpm eval` (see ddpmkit.samplers for the list).
+
+    ancestral [DDPM Alg. 2], ddim [DDIM Eq. 12], dpm++2m / dpm++3m / dpm++2m-sde [DPM-Solver++], heun [EDM Alg. 1];
+    spacing of the nodes: uniform | logsnr | karras (samplers/spacing.py)."""
 
     sampler: str = "ancestral"
     steps: int | None = None  # None: all T steps
-    eta: float = 0.0
+    eta: float = 0.0  # ddim only
+    spacing: str | None = None  # None: the sampler's own (uniform for ancestral/ddim, logsnr dpm++*, karras heun)
 
     def __post_init__(self):
-        _choice("sample", "sampler", self.sampler, {"ancestral", "ddim"})
+        from .samplers.loop import SAMPLERS
+        from .samplers.spacing import SPACINGS
+
+        _choice("sample", "sampler", self.sampler, set(SAMPLERS))
+        if self.spacing is not None:
+            _choice("sample", "spacing", self.spacing, set(SPACINGS))
         if self.steps is not None:
             _positive("sample", "steps", self.steps)
         if not (isinstance(self.eta, (int, float)) and self.eta >= 0):
             raise ConfigError(f"sample.eta = {self.eta!r}: must be >= 0")
+        if self.eta != 0 and not SAMPLERS[self.sampler].uses_eta:
+            raise ConfigError(f"sample.eta = {self.eta!r} is for sample.sampler = 'ddim' only, not "
+                              f"{self.sampler!r}: set it to 0")
 
 
 @dataclass
@@ -173,6 +186,9 @@ class RunConfig:
             T = self.diffusion.timesteps
             raise ConfigError(f"sample.steps = {self.sample.steps} is more than diffusion.timesteps = {T}: "
                               f"lower it (e.g. --set sample.steps={T})")
+        from .samplers.loop import check_sampler
+
+        check_sampler(self.sample.sampler, self.sample.steps, self.diffusion.timesteps, option="sample.sampler")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -265,7 +281,7 @@ def to_toml(config: RunConfig) -> str:
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
                      "train.keep_checkpoints", "train.num_samples", "train.max_bad_losses", "train.compile",
                      "train.channels_last", "train.precision", "sample.sampler", "sample.steps", "sample.eta",
-                     "data.skip_bad"}
+                     "sample.spacing", "data.skip_bad"}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

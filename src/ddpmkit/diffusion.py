@@ -354,19 +354,34 @@ class Diffusion:
         tmap = self.timestep_map.cpu().numpy()[tau]
         return Diffusion(beta, self.parameterization, self.variance, timestep_map=tmap)
 
-    def sample(self, model, shape, *, sampler: str = "ancestral", steps: int | None = None, eta: float = 0.0,
-               generator: torch.Generator | None = None, progress: bool = False, return_trajectory: bool = False,
-               clip_denoised: bool = True, device=None, x_T: torch.Tensor | None = None):
-        """Draw samples: Algorithm 2 ("ancestral"), respaced when steps < T, or DDIM ("ddim", [DDIM] Eq. 12).
+    def sample(self, model, shape, *, sampler: str = "ancestral", steps: int | None = None,
+               eta: float | None = None, spacing: str | None = None, generator: torch.Generator | None = None,
+               progress: bool = False, return_trajectory: bool = False, clip_denoised: bool = True, device=None,
+               x_T: torch.Tensor | None = None, stop=None):
+        """Draw samples with `sampler` on `steps` nodes placed by `spacing` (see ddpmkit.samplers; by default the
+        sampler's own: uniform for ancestral and ddim, logsnr for dpm++*, karras for heun).
 
+        "ancestral" is Algorithm 2 (respaced when steps < T), "ddim" [DDIM Eq. 12] (eta > 0 adds noise),
+        "dpm++2m", "dpm++3m", "dpm++2m-sde" (DPM-Solver++) and "heun" (Karras et al.'s Heun, 2 NFE per step).
         Returns x0 in [-1, 1]; with return_trajectory, (x0, trajectory) where trajectory holds "t" (the model's
         timestep at each step), "xt" (S + 1, B, ...) from x_T to x_0 and "x0_pred" (S, B, ...), on the CPU.
         """
-        from .samplers import run_sampler
+        if _SAMPLING_LOOP is None:  # only if ddpmkit.diffusion was loaded without its package
+            raise RuntimeError("no sampling loop registered: import ddpmkit.samplers")
+        return _SAMPLING_LOOP(self, model, shape, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
+                              generator=generator, progress=progress, return_trajectory=return_trajectory,
+                              clip_denoised=clip_denoised, device=device, x_T=x_T, stop=stop)
 
-        return run_sampler(self, model, shape, sampler=sampler, steps=steps, eta=eta, generator=generator,
-                           progress=progress, return_trajectory=return_trajectory, clip_denoised=clip_denoised,
-                           device=device, x_T=x_T)
+
+# The sampling loop lives in ddpmkit.samplers, which depends on this module and registers itself here on import
+# (ddpmkit/__init__.py imports it), so this module never imports the samplers.
+_SAMPLING_LOOP = None
+
+
+def register_sampling_loop(loop) -> None:
+    """Called once by ddpmkit.samplers: the function that `Diffusion.sample` runs."""
+    global _SAMPLING_LOOP
+    _SAMPLING_LOOP = loop
 
 
 def _check_t(t, x: torch.Tensor, num_timesteps: int) -> torch.Tensor:

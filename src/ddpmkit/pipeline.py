@@ -16,9 +16,9 @@ import torch
 from .config import RunConfig
 from .data import from_model_range
 from .diffusion import Diffusion
-from .errors import CheckpointError
+from .errors import CheckpointError, ConfigError
 from .models import UNet
-from .samplers import model_device
+from .samplers import SAMPLERS, check_sampler, model_device
 
 
 def build_diffusion(config: RunConfig) -> Diffusion:
@@ -53,25 +53,41 @@ class Pipeline:
 
     @torch.no_grad()
     def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
-               seed: int | None = 0, batch_size: int = 256, progress: bool = False,
+               spacing: str | None = None, seed: int | None = 0, batch_size: int = 256, progress: bool = False,
                return_tensor: bool = False) -> np.ndarray | torch.Tensor:
         """n samples as uint8 (n, H, W, C), or as a float tensor in [-1, 1] (n, C, H, W) with return_tensor.
 
-        Sampler, steps and eta default to the run's [sample] config; a seed makes the draw reproducible.
+        Sampler, steps, eta and spacing default to the run's [sample] config; a seed makes the draw reproducible.
+        An eta given for a sampler other than ddim is refused.
         """
-        s = self.config.sample
-        sampler = sampler or s.sampler
-        steps = steps if steps is not None else s.steps
-        eta = s.eta if eta is None else eta
+        sampler, steps, eta, spacing = self.sampler_settings(sampler, steps, eta, spacing)
         device = model_device(self.model)
         generator = None if seed is None else torch.Generator(device).manual_seed(seed)
         chunks = []
         for start in range(0, n, batch_size):
             shape = (min(batch_size, n - start), self.channels, self.image_size, self.image_size)
             chunks.append(self.diffusion.sample(self.model, shape, sampler=sampler, steps=steps, eta=eta,
-                                                generator=generator, progress=progress).cpu())
+                                                spacing=spacing, generator=generator, progress=progress).cpu())
         x = torch.cat(chunks) if chunks else torch.empty(0, self.channels, self.image_size, self.image_size)
         return x if return_tensor else from_model_range(x).numpy()
+
+    def sampler_settings(self, sampler=None, steps=None, eta=None, spacing=None) -> tuple:
+        """(sampler, steps, eta, spacing): what is given, else the run's [sample] config, else the sampler's
+        default spacing; checked (one line)."""
+        s = self.config.sample
+        sampler = sampler or s.sampler
+        spacing = spacing or (s.spacing if sampler == s.sampler else None)
+        if eta is not None and sampler in SAMPLERS and not SAMPLERS[sampler].uses_eta:
+            raise ConfigError(f"--eta is for the ddim sampler only; {sampler!r} has no eta: leave it out")
+        steps = steps if steps is not None else s.steps
+        eta = (s.eta if sampler == s.sampler else 0.0) if eta is None else eta
+        spec = check_sampler(sampler, steps, self.diffusion.num_timesteps, eta=eta, spacing=spacing)
+        return sampler, steps, eta, spacing or spec.default_spacing
+
+    def nfe(self, sampler=None, steps=None) -> int:
+        """Network evaluations per sample of `sampler` at `steps` (default: the run's [sample] config)."""
+        sampler, steps, _, _ = self.sampler_settings(sampler, steps)
+        return SAMPLERS[sampler].nfe(steps or self.diffusion.num_timesteps)
 
 
 def load(path: str | Path, *, ema: bool = True, device: str | torch.device | None = None) -> Pipeline:

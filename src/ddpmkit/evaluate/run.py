@@ -36,6 +36,7 @@ class EvalRequest:
     sampler: str | None = None
     steps: int | None = None
     eta: float | None = None
+    spacing: str | None = None
     batch_size: int = 256
     seed: int = 0
     inception: Path | None = None
@@ -61,8 +62,8 @@ class _Context:
             if r.samples is not None:
                 self._samples = read_samples(r.samples, self.real)
             else:
-                self._samples = self.pipe.sample(r.n, sampler=r.sampler, steps=r.steps, eta=r.eta, seed=r.seed,
-                                                 batch_size=r.batch_size, progress=r.progress)
+                self._samples = self.pipe.sample(r.n, sampler=r.sampler, steps=r.steps, eta=r.eta, spacing=r.spacing,
+                                                 seed=r.seed, batch_size=r.batch_size, progress=r.progress)
         return self._samples
 
     def extractor(self):
@@ -193,11 +194,11 @@ def evaluate(request: EvalRequest) -> dict:
                         f"model makes {size}x{size}x{pipe.channels}: evaluate on the data set it was trained on")
     ctx = _Context(request, real, pipe)
     if pipe is not None:
-        s = pipe.config.sample
+        sampler, steps, _, spacing = pipe.sampler_settings(request.sampler, request.steps, request.eta,
+                                                           request.spacing)
         ctx.result.update({"checkpoint": str(pipe.checkpoint), "step": pipe.step, "ema": request.ema,
-                           "sampler": request.sampler or s.sampler,
-                           "steps": request.steps if request.steps is not None else (s.steps or
-                                                                                     pipe.diffusion.num_timesteps)})
+                           "sampler": sampler, "steps": steps or pipe.diffusion.num_timesteps, "spacing": spacing,
+                           "nfe": pipe.nfe(sampler, steps)})
     ctx.result.update({"data": real.name, "split": request.split, "n_real": len(real)})
     for metric in request.metrics:
         RUNNERS[metric](ctx)

@@ -42,11 +42,13 @@ def trajectory_timesteps(num_timesteps: int, columns: int) -> np.ndarray:
 
 @torch.no_grad()
 def trajectory(pipeline, n: int = 8, columns: int = 10, *, seed: int | None = 0, batch_size: int = 16,
-               progress: bool = False) -> Trajectory:
+               progress: bool = False, sampler: str = "ancestral", steps: int | None = None,
+               spacing: str | None = None, eta: float | None = None) -> Trajectory:
     """Run Algorithm 2 for n samples and keep x_t and x0_pred(x_t) at `columns` evenly spaced t [DDPM Fig. 6].
 
     With the same seed and batch size, the last column is `pipeline.sample(n, sampler="ancestral", steps=T)`.
-    The sampler keeps a batch's whole chain in CPU memory, (T + 1) * 2 images per sample: keep batch_size small.
+    Another sampler or fewer steps: each column shows the step whose timestep is nearest to the column's t.
+    The sampler keeps a batch's whole chain in CPU memory, (K + 1) * 2 images per sample: keep batch_size small.
     """
     if n < 1 or batch_size < 1:
         raise ConfigError("--n and --batch-size must be at least 1")
@@ -58,11 +60,13 @@ def trajectory(pipeline, n: int = 8, columns: int = 10, *, seed: int | None = 0,
     x0_cols, xt_cols = [], []
     for start in range(0, n, batch_size):
         shape = (min(batch_size, n - start), pipeline.channels, pipeline.image_size, pipeline.image_size)
-        x0, traj = d.sample(model, shape, sampler="ancestral", generator=generator, progress=progress,
-                            return_trajectory=True)
-        # traj["xt"] (T + 1, B, ...) runs x_T .. x_0 and traj["x0_pred"] (T, B, ...) is predicted from x_T .. x_1,
-        # so paper time t sits at position T - t; the last column, t = 0, shows the (clipped) sample in both
-        pos, final = T - t, x0.cpu()[None]
+        x0, traj = d.sample(model, shape, sampler=sampler, steps=steps, spacing=spacing, eta=eta,
+                            generator=generator, progress=progress, return_trajectory=True)
+        # traj["xt"] (K + 1, B, ...) runs x_T .. x_0 and traj["x0_pred"] (K, B, ...) is predicted from the first K,
+        # the j-th at the paper's timestep traj["t"][j] + 1 (T - j with all T steps); the last column, t = 0,
+        # shows the (clipped) sample in both
+        paper_t = np.asarray(traj["t"]) + 1
+        pos, final = np.abs(paper_t[None, :] - t[:, None]).argmin(1), x0.cpu()[None]
         xt_cols.append(torch.cat([traj["xt"][pos[:-1]], final]).transpose(0, 1))  # (B, K, C, H, W)
         x0_cols.append(torch.cat([traj["x0_pred"][pos[:-1]], final]).transpose(0, 1))
         del traj  # all T + 1 steps of this batch; only K columns are kept

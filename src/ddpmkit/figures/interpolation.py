@@ -37,11 +37,13 @@ def interpolation_lambdas(lambdas) -> np.ndarray:
 
 @torch.no_grad()
 def interpolate(pipeline, a: np.ndarray, b: np.ndarray, t: int | None = None, lambdas=11, *, seed: int = 0,
-                progress: bool = False) -> np.ndarray:
+                progress: bool = False, **sampler) -> np.ndarray:
     """Decode (1 - λ) x_t + λ x'_t for each λ [DDPM Sec. 4.3]: float32 (L, C, H, W) in [-1, 1].
 
     a, b: uint8 (H, W, C) images of the model's size. t: the paper's timestep of the latents, 1 .. T; by default
     T // 2 (500 of 1000, as the paper's Fig. 8). lambdas: a count L (evenly spaced from 0 to 1) or the values.
+    `sampler`: sampler, steps (at most t), spacing and eta of the decoding, as Diffusion.sample takes them
+    (default: ancestral, all t steps).
     """
     d, model = pipeline.diffusion, pipeline.model
     t = d.num_timesteps // 2 if t is None else t
@@ -65,7 +67,8 @@ def interpolate(pipeline, a: np.ndarray, b: np.ndarray, t: int | None = None, la
     out = []
     for i in tqdm(range(len(lam)), disable=not progress, desc="interpolating", leave=False):
         same_noise = torch.Generator(device).manual_seed(decode_seed)  # one reverse-process noise for every λ
-        out.append(head.sample(model, x_bar[i:i + 1].shape, x_T=x_bar[i:i + 1], generator=same_noise).cpu())
+        out.append(head.sample(model, x_bar[i:i + 1].shape, x_T=x_bar[i:i + 1], generator=same_noise,
+                               **sampler).cpu())
     return torch.cat(out).float().numpy()
 
 

@@ -35,6 +35,7 @@ from ..errors import ConfigError, UserError
 from ..fileio import atomic_path
 from ..figures.grid import plot_loss, save_grid
 from ..pipeline import build_diffusion, build_model
+from ..samplers import SamplingStopped
 from . import distributed
 from .checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .ema import EMA
@@ -270,27 +271,35 @@ class Trainer:
             paused = time.perf_counter()
             if self.step % c.checkpoint_every == 0 or self.step == c.steps:
                 checkpoint, last_saved = self._save(), self.step
-            if self.step % c.sample_every == 0 or self.step == c.steps:
-                self.write_samples()
+            if c.sample_every and (self.step % c.sample_every == 0 or self.step == c.steps):
+                self.write_samples()  # a signal during the grid stops it at once; the loop then saves and ends
             logger.t0 += time.perf_counter() - paused  # images/s counts training time only
         if self.stop_signal is not None and last_saved != self.step:
             checkpoint = self._save()
         bar.close()
         logger.close()
+        grid = self.run_dir / "samples.png"
         return {"step": self.step, "checkpoint": checkpoint, "interrupted": self.stop_signal,
-                "samples": self.run_dir / "samples.png"}
+                "samples": grid if grid.exists() else None}
 
     @torch.no_grad()
     def write_samples(self) -> None:
-        """A grid of num_samples images from the EMA weights, same seed every time so progress is visible."""
+        """A grid of num_samples images from the EMA weights, same seed every time so progress is visible.
+
+        SIGINT/SIGTERM during the grid ends it before the next sampling step; the grid is then not written."""
         if not self.dist.is_main:
             distributed.barrier(self.dist)
             return
         c, s = self.config.train, self.config.sample
         gen = torch.Generator().manual_seed(c.seed)
         shape = (c.num_samples, self.data.channels, self.data.image_size, self.data.image_size)
-        x = self.diffusion.sample(self.ema.model, shape, sampler=s.sampler, steps=s.steps, eta=s.eta,
-                                  generator=gen, progress=False)
+        try:
+            x = self.diffusion.sample(self.ema.model, shape, sampler=s.sampler, steps=s.steps, eta=s.eta,
+                                      spacing=s.spacing, generator=gen, progress=False,
+                                      stop=lambda: self.stop_signal is not None)
+        except SamplingStopped:
+            distributed.barrier(self.dist)
+            return
         images = from_model_range(x.cpu()).numpy()
         save_grid(images, self.run_dir / "samples" / f"step_{self.step:09d}.png")
         save_grid(images, self.run_dir / "samples.png")
