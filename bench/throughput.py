@@ -25,6 +25,8 @@ median of --iters timed repetitions after --warmup untimed ones.
            network's forward pass alone (no grad) in GFLOP/s against the fp32 GEMM: how much room any
            implementation of this network has left on this machine.
 Variants of ours (--variants): fp32 (default path), channels_last, bf16 (autocast), compile (torch.compile).
+--device cuda runs every measurement on the GPU (timings synchronised; memory is then torch's peak allocation on
+the device, not the process's RSS); the default is the CPU, where all figures in docs/PERFORMANCE.md come from.
 
 The networks: ddpmkit's presets (`cifar10`, the paper's 35.7M; `mnist28`) and diffusers' UNet2DModel laid out the
 same (bench/quickstart_peers.diffusers_unet); the parameter counts are printed side by side.
@@ -53,6 +55,12 @@ sys.path.insert(0, str(HERE))
 T = 1000
 VARIANTS = {"fp32": {}, "channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
             "compile": {"compile": True}}
+DEVICE = torch.device("cpu")  # the worker's device, from its job
+
+
+def _sync() -> None:
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 # ---- the worker: one measurement in a fresh process -----------------------------------------------------------
@@ -60,10 +68,12 @@ VARIANTS = {"fp32": {}, "channels_last": {"channels_last": True}, "bf16": {"prec
 def _timed(fn, warmup: int, iters: int) -> list[float]:
     for _ in range(warmup):
         fn()
+    _sync()
     times = []
     for _ in range(iters):
         start = time.perf_counter()
         fn()
+        _sync()
         times.append(time.perf_counter() - start)
     return times
 
@@ -79,7 +89,7 @@ def _ours_trainer(model: str, batch: int, variant: str, tmp: str):
                                                         p["in_channels"]), dtype=np.uint8)
     train = {"batch_size": batch, "warmup": 10, "precision": "fp32", **VARIANTS[variant]}
     config = RunConfig().with_values({"model.preset": model, **{f"train.{k}": v for k, v in train.items()}})
-    return Trainer(config, tmp, device="cpu", progress=False, dataset=ImageDataset(images, None, "random"))
+    return Trainer(config, tmp, device=str(DEVICE), progress=False, dataset=ImageDataset(images, None, "random"))
 
 
 def _theirs(model: str, batch: int):
@@ -91,7 +101,7 @@ def _theirs(model: str, batch: int):
 
     p = with_geometry(PRESETS[model])
     torch.manual_seed(0)
-    unet = diffusers_unet(p)
+    unet = diffusers_unet(p).to(DEVICE)
     scheduler = DDPMScheduler(num_train_timesteps=T, beta_schedule="linear", variance_type="fixed_large")
     return p, unet, scheduler, EMAModel
 
@@ -121,13 +131,13 @@ def train_theirs(model: str, batch: int, warmup: int, iters: int) -> dict:
     unet.train()
     opt = torch.optim.Adam(unet.parameters(), lr=2e-4)
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
-    images = torch.rand(max(batch, 256), p["in_channels"], p["image_size"], p["image_size"]) * 2 - 1
+    images = (torch.rand(max(batch, 256), p["in_channels"], p["image_size"], p["image_size"]) * 2 - 1).to(DEVICE)
     gen = torch.Generator().manual_seed(0)
 
     def step() -> None:
-        x0 = images[torch.randint(0, len(images), (batch,), generator=gen)]
-        noise = torch.randn(x0.shape, generator=gen)
-        t = torch.randint(0, T, (batch,), generator=gen)
+        x0 = images[torch.randint(0, len(images), (batch,), generator=gen).to(DEVICE)]
+        noise = torch.randn(x0.shape, generator=gen).to(DEVICE)
+        t = torch.randint(0, T, (batch,), generator=gen).to(DEVICE)
         loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
@@ -151,7 +161,7 @@ def sample_ours(model: str, batch: int, steps: int, variant: str, warmup: int, i
             net = net.to(memory_format=torch.channels_last)
         if variant == "compile":
             net = torch.compile(net)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=variant == "bf16"):
+        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
             times = _timed(lambda: diffusion.sample(net, shape, steps=steps), warmup, iters)
     return {"times": times}
 
@@ -160,7 +170,7 @@ def sample_theirs(model: str, batch: int, steps: int, warmup: int, iters: int) -
     from diffusers import DDPMPipeline
 
     p, unet, scheduler, _ = _theirs(model, batch)
-    pipe = DDPMPipeline(unet=unet.eval(), scheduler=scheduler)
+    pipe = DDPMPipeline(unet=unet.eval(), scheduler=scheduler).to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
     return {"times": _timed(lambda: pipe(batch_size=batch, num_inference_steps=steps, output_type="np"),
                             warmup, iters)}
@@ -170,7 +180,7 @@ def peak_gemm(dtype: torch.dtype, n: int = 2048, iters: int = 3) -> float:
     """FLOP/s of an n x n x n matmul in `dtype`, the best of `iters` (n = 1024 for bf16: a CPU without bf16 dot
     products emulates it, and a 2048^3 product takes minutes there)."""
     n = 1024 if dtype == torch.bfloat16 else n
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    a, b = torch.randn(n, n, dtype=dtype, device=DEVICE), torch.randn(n, n, dtype=dtype, device=DEVICE)
     a @ b
     best = min(_timed(lambda: a @ b, 1, iters))
     return 2 * n**3 / best
@@ -184,12 +194,14 @@ def parts(model: str, batch: int, warmup: int, iters: int) -> dict:
     from ddpmkit.models import UNet
     from ddpmkit.train.ema import EMA
 
-    net = UNet.from_preset(model)
+    net = UNet.from_preset(model).to(DEVICE)
     for q in net.parameters():
         q.grad = torch.randn_like(q) * 1e-3
     out = {}
     for name, flags in {"adam_loop": dict(foreach=False), "adam_foreach": dict(foreach=True),
                         "adam_fused": dict(fused=True)}.items():
+        if DEVICE.type == "cuda" and name == "adam_loop":
+            flags = dict(foreach=False, fused=False)
         opt = torch.optim.Adam(net.parameters(), lr=1e-4, **flags)
         out[name] = 1e3 * statistics.median(_timed(opt.step, warmup, iters))
     ours = EMA(net, 0.9999)
@@ -198,7 +210,8 @@ def parts(model: str, batch: int, warmup: int, iters: int) -> dict:
     theirs = EMAModel(net.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
     out["ema_diffusers"] = 1e3 * statistics.median(_timed(lambda: theirs.step(net.parameters()), warmup, iters))
     c = net.config
-    x, t = torch.randn(batch, c["in_channels"], c["image_size"], c["image_size"]), torch.full((batch,), 500)
+    x = torch.randn(batch, c["in_channels"], c["image_size"], c["image_size"], device=DEVICE)
+    t = torch.full((batch,), 500, device=DEVICE)
     net.eval()
     with torch.no_grad():
         with FlopCounterMode(display=False) as counter:
@@ -210,6 +223,8 @@ def parts(model: str, batch: int, warmup: int, iters: int) -> dict:
 
 
 def worker(job: dict) -> dict:
+    global DEVICE
+    DEVICE = torch.device(job.get("device", "cpu"))
     torch.set_num_threads(job["threads"])
     torch.manual_seed(0)
     kind, impl = job["kind"], job["impl"]
@@ -225,6 +240,9 @@ def worker(job: dict) -> dict:
         out = (sample_ours(*args, job["steps"], job["variant"], job["warmup"], job["iters"]) if impl == "ddpmkit"
                else sample_theirs(*args, job["steps"], job["warmup"], job["iters"]))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if DEVICE.type == "cuda":  # the memory that matters there: torch's peak allocation on the GPU
+        out["peak_rss_mb"] = torch.cuda.max_memory_allocated(DEVICE) / 2**20
+        out["gpu"] = torch.cuda.get_device_name(DEVICE)
     return out
 
 
@@ -249,7 +267,7 @@ def median_over_rounds(results: list[dict]) -> dict:
 def measure(args, model: str, kind: str, steps: int | None = None) -> dict:
     """{label: summary} for ours in each variant and for diffusers, alternating by round."""
     base = dict(kind=kind, model=model, batch=args.batch, threads=args.threads, warmup=args.warmup,
-                iters=args.iters, steps=steps)
+                iters=args.iters, steps=steps, device=args.device)
     labels = [(f"ddpmkit {v}", dict(base, impl="ddpmkit", variant=v)) for v in args.variants]
     labels.append(("diffusers fp32", dict(base, impl="diffusers", variant="fp32")))
     raw = {label: [] for label, _ in labels}
@@ -304,7 +322,10 @@ def parse_args(argv):
     parser.add_argument("--warmup", type=int, default=2, help="untimed repetitions first")
     parser.add_argument("--sample-steps", type=int, default=10, help="ancestral steps per timed sampling run")
     parser.add_argument("--json", type=Path, default=HERE / "out" / "throughput.json")
+    parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     args = parser.parse_args(argv)
+    if args.device.startswith("cuda") and not torch.cuda.is_available():
+        parser.error(f"--device {args.device}: no CUDA device here; use --device cpu")
     args.models = [m for m in args.models.split(",") if m]
     args.variants = [v for v in args.variants.split(",") if v]
     bad = [v for v in args.variants if v not in VARIANTS]
@@ -322,13 +343,13 @@ def main(argv=None) -> int:
 
     print(f"torch {torch.__version__}, diffusers {version('diffusers')}, {platform.processor() or platform.machine()}"
           f", {os.cpu_count()} cores, {args.threads} threads; load average {os.getloadavg()[0]:.2f}", flush=True)
-    gemm = run_job({"kind": "gemm", "impl": "", "threads": args.threads})
+    gemm = run_job({"kind": "gemm", "impl": "", "threads": args.threads, "device": args.device})
     out, lines = {"gemm": gemm, "args": {k: str(v) for k, v in vars(args).items()}}, []
     for model in args.models:
         train = measure(args, model, "train")
         sample = measure(args, model, "sample", steps=args.sample_steps)
         pieces = run_job(dict(kind="parts", impl="", model=model, batch=args.batch, threads=args.threads,
-                              warmup=args.warmup, iters=args.iters))
+                              warmup=args.warmup, iters=args.iters, device=args.device))
         out[model] = {"train": train, "sample": sample, "parts": pieces}
         lines += report(model, train, sample, pieces, gemm, args)
         print("\n".join(lines[-(len(train) + 7):]), flush=True)

@@ -224,7 +224,7 @@ def cmd_sample(args) -> int:
         raise UserError("--n and --batch-size must be at least 1")
     pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
                 device=None if args.device == "auto" else args.device)
-    sampler, steps, eta, spacing = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
+    sampler, steps, _, spacing = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
     images = pipe.sample(args.n, sampler=sampler, steps=steps, eta=args.eta, spacing=spacing, seed=args.seed,
                          batch_size=args.batch_size, progress=not args.no_progress)
     out = args.out or (args.run_dir / "sample_grid.png")

@@ -34,14 +34,14 @@ AB2_WEIGHT = 0.5  # D = m0 + AB2_WEIGHT (m0 - m1) / r [DPMS++ Alg. 2]
 TAYLOR_D2 = 2.0  # h^2 m'' = TAYLOR_D2 (D1_0 - D1_1) / (r0 + r1); the published 3M code has 1.0 (see above)
 
 
-def _col(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+def column(table: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """table[t] as (B, 1, ..., 1) in the table's own (float64) precision: coefficients are never rounded to x's."""
     return table[t].reshape(t.shape[0], *([1] * (x.dim() - 1)))
 
 
 def node_coefficients(d: Diffusion, t: torch.Tensor, x: torch.Tensor):
     """(alpha_s, sigma_s, lambda_s) at node t and (alpha_t, sigma_t, lambda_t) at node t - 1, float64 columns."""
-    ab, ab_prev = _col(d.alpha_bar, t, x), _col(d.alpha_bar_prev, t, x)
+    ab, ab_prev = column(d.alpha_bar, t, x), column(d.alpha_bar_prev, t, x)
     lam_s = 0.5 * (torch.log(ab) - torch.log1p(-ab))
     lam_t = 0.5 * (torch.log(ab_prev) - torch.log1p(-ab_prev))  # +inf at node 0 (alpha_bar_prev = 1)
     return (ab.sqrt(), (1 - ab).sqrt(), lam_s), (ab_prev.sqrt(), (1 - ab_prev).sqrt(), lam_t)

@@ -12,10 +12,8 @@ last step, from node 0 to sigma = 0, is Euler alone: x_0 = D at node 0. K nodes 
 
 from __future__ import annotations
 
-import torch
-
 from ..diffusion import Diffusion
-from .dpm_solver import _col, denoise
+from .dpm_solver import column, denoise
 from .state import SamplerState
 
 TRAPEZOID = 0.5  # the weight of each slope in step 3 (a module constant so that a test can break it on purpose)
@@ -26,7 +24,7 @@ def heun_step(d: Diffusion, model, xt, t, state: SamplerState):
     x0 = denoise(d, model, xt, t, state)
     if state.index == 0:
         return x0, x0
-    ab, ab_prev = _col(d.alpha_bar, t, xt), _col(d.alpha_bar_prev, t, xt)
+    ab, ab_prev = column(d.alpha_bar, t, xt), column(d.alpha_bar_prev, t, xt)
     sigma, sigma_next = ((1 - ab) / ab).sqrt(), ((1 - ab_prev) / ab_prev).sqrt()
     # 1. into the variance-exploding variable x^ = x / sqrt(alpha_bar)
     x_hat = xt / ab.sqrt().to(xt.dtype)
