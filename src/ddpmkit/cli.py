@@ -66,10 +66,15 @@ def _add_cache_options(p) -> None:
 
 
 def _cache_arg(args):
-    """What load_dataset's `cache` takes: False with --no-cache, the --cache folder, or True (the default)."""
+    """What load_dataset's `cache` takes: False with --no-cache, else an ImageCache in --cache or the default."""
     if args.no_cache and args.cache is not None:
         raise UserError("--cache and --no-cache contradict each other: pass one")
-    return False if args.no_cache else (args.cache or True)
+    if args.no_cache:
+        return False
+    from .data.cache import ImageCache, as_image_cache
+
+    folder = as_image_cache(args.cache or True).root
+    return ImageCache(folder, progress=not args.no_progress)
 
 
 def _add_sample(sub) -> None:

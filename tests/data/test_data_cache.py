@@ -18,7 +18,6 @@ from ddpmkit.cli import main
 from ddpmkit.data import cache as cache_mod
 from ddpmkit.data import cache_build, load_dataset
 from ddpmkit.data.cache import ImageCache, entry_path
-from ddpmkit.errors import DataError
 from ddpmkit.train import faults
 
 N = 100  # 4 chunks of cache_build.CHUNK = 32
@@ -296,3 +295,10 @@ def test_array_sources_do_not_go_through_the_cache(tmp_path):
     ds = load_dataset(str(tmp_path / "a.npz"), cache=tmp_path / "cache")
     assert not isinstance(ds.images, np.memmap) and not (tmp_path / "cache").exists()
     shutil.rmtree(tmp_path / "cache", ignore_errors=True)
+
+
+def test_cache_and_no_cache_together_are_one_line_and_exit_2(tmp_path, folder, capsys):
+    code = main(["train", "--data", str(folder), "--out", str(tmp_path / "run"), "--cache", str(tmp_path / "c"),
+                 "--no-cache", "--no-progress"])
+    err = capsys.readouterr().err
+    assert code == 2 and err.count("\n") == 1 and "--cache and --no-cache" in err, err

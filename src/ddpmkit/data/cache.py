@@ -23,6 +23,7 @@ or `$DDPMKIT_CACHE_TIMEOUT` seconds (default 6 h) pass; either of the last two i
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import json
 import logging
 import os
@@ -88,8 +89,6 @@ def as_image_cache(cache) -> ImageCache | None:
 
 def entry_path(root: Path, source_root: Path, split: str) -> Path:
     """The entry of one source folder and split: images-<key> (the key is in the module docstring)."""
-    import hashlib
-
     key = hashlib.sha256(f"{source_root.resolve()}\0{split}".encode("utf-8", "surrogateescape")).hexdigest()
     return Path(root) / f"images-{key[:20]}"
 
