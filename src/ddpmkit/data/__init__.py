@@ -6,8 +6,9 @@ python batches (cifar.py), .npz/.npy arrays (npz.py) and folders of image files 
 A folder of images may go through the decoded-image cache (cache.py, cache_build.py): decoded once, then mapped.
 """
 
+from ddpmkit.data.cache import ImageCache
 from ddpmkit.data.dataset import ImageDataset, check_enough
 from ddpmkit.data.loader import load_dataset
 from ddpmkit.data.ranges import from_model_range, to_model_range
 
-__all__ = ["ImageDataset", "check_enough", "from_model_range", "load_dataset", "to_model_range"]
+__all__ = ["ImageCache", "ImageDataset", "check_enough", "from_model_range", "load_dataset", "to_model_range"]
