@@ -6,8 +6,11 @@ torch is imported, OMP_NUM_THREADS also reaches the `ddpm` processes that tests 
 """
 
 import os
+import tempfile
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# The CLI caches decoded image folders (and FID statistics) in $DDPMKIT_CACHE: keep the tests' out of ~/.cache.
+os.environ.setdefault("DDPMKIT_CACHE", tempfile.mkdtemp(prefix="ddpmkit-test-cache-"))
 
 import torch  # noqa: E402
 

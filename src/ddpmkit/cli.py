@@ -6,6 +6,7 @@ A user's mistake (UserError, or a bad flag) is printed as one line on stderr and
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from pathlib import Path
@@ -52,6 +53,28 @@ def _add_train(sub) -> None:
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _add_cache_options(p)
+    p.add_argument("--prefetch", type=int, default=2, metavar="N",
+                   help="batches read ahead by a background thread (default 2; 0 reads each in the step)")
+
+
+def _add_cache_options(p) -> None:
+    """--cache DIR / --no-cache: where a folder of images is decoded once and mapped (ddpmkit.data.cache)."""
+    p.add_argument("--cache", type=Path, metavar="DIR",
+                   help="decoded-image cache folder for image folders (default $DDPMKIT_CACHE, else ~/.cache/ddpmkit)")
+    p.add_argument("--no-cache", action="store_true", help="decode image folders into memory instead (no cache)")
+
+
+def _cache_arg(args):
+    """What load_dataset's `cache` takes: False with --no-cache, else an ImageCache in --cache or the default."""
+    if args.no_cache and args.cache is not None:
+        raise UserError("--cache and --no-cache contradict each other: pass one")
+    if args.no_cache:
+        return False
+    from .data.cache import ImageCache, as_image_cache
+
+    folder = as_image_cache(args.cache or True).root
+    return ImageCache(folder, progress=not args.no_progress)
 
 
 def _add_sampler_options(p, default: str = "the run's [sample] config") -> None:
@@ -98,6 +121,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    _add_cache_options(p)
 
 
 def _add_train_classifier(sub) -> None:
@@ -152,6 +176,7 @@ def _add_interpolate(sub) -> None:
     p.add_argument("--lambdas", type=int, default=11, help="number of λ from 0 to 1 (default 11)")
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/interpolation.png)")
     _add_sampler_options(p, default="ancestral, all t steps (the reverse process, as Fig. 8)")
+    _add_cache_options(p)
 
 
 def _add_rate_distortion(sub) -> None:
@@ -168,6 +193,7 @@ def _add_rate_distortion(sub) -> None:
     p.add_argument("--terms", type=Path, help="reuse the nll_terms.npz of ddpm eval --metrics nll instead")
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/rate_distortion.png)")
     p.add_argument("--csv", type=Path, help="CSV to write (default: the PNG's path with .csv)")
+    _add_cache_options(p)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -204,15 +230,20 @@ def cmd_train(args) -> int:
         return 0
     from .train.trainer import Trainer
 
+    if args.prefetch < 0:
+        raise UserError(f"--prefetch {args.prefetch}: must be 0 (off) or more batches")
     result = Trainer(config, args.out, resume=args.resume, force=args.force, device=args.device,
-                     progress=not args.no_progress).run()
+                     progress=not args.no_progress, cache=_cache_arg(args), prefetch=args.prefetch).run()
+    quiet = not result.get("is_main", True)  # under torchrun only rank 0 reports
     if result["interrupted"]:
-        print(f"stopped by {result['interrupted']} at step {result['step']}; checkpoint {result['checkpoint']}; "
-              f"continue with: ddpm train --out {args.out} --resume")
+        if not quiet:
+            print(f"stopped by {result['interrupted']} at step {result['step']}; checkpoint {result['checkpoint']}; "
+                  f"continue with: ddpm train --out {args.out} --resume")
         sig = getattr(signal, str(result["interrupted"]), None)
         return 128 + int(sig) if sig is not None else 1
-    print(f"trained to step {result['step']}; checkpoint {result['checkpoint']}; "
-          f"samples {result['samples'] or 'none (--sample-every 0)'}")
+    if not quiet:
+        print(f"trained to step {result['step']}; checkpoint {result['checkpoint']}; "
+              f"samples {result['samples'] or 'none (--sample-every 0)'}")
     return 0
 
 
@@ -254,7 +285,8 @@ def cmd_eval(args) -> int:
         ema=not args.no_ema, sampler=args.sampler, steps=args.steps, eta=args.eta, spacing=args.spacing,
         batch_size=args.batch_size,
         seed=args.seed, inception=args.inception, features=args.features,
-        device=None if args.device == "auto" else args.device, progress=not args.no_progress, out_dir=out.parent)
+        device=None if args.device == "auto" else args.device, progress=not args.no_progress, out_dir=out.parent,
+        cache=_cache_arg(args))
     result = evaluate(request)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
@@ -312,7 +344,7 @@ def cmd_interpolate(args) -> int:
 
     pipe = _load_run(args)
     if args.data is not None:
-        ds = dataset_for(pipe, args.data, args.split)
+        ds = dataset_for(pipe, args.data, args.split, cache=_cache_arg(args))
         a, b = (image_from_dataset(ds, value, flag, args.split) for value, flag in ((args.a, "--a"), (args.b, "--b")))
     else:
         a, b = image_from_file(args.a, pipe, "--a"), image_from_file(args.b, pipe, "--b")
@@ -335,7 +367,7 @@ def cmd_rate_distortion(args) -> int:
     if args.terms is not None:
         curve, source = load_terms(args.terms, pipe.diffusion.num_timesteps), f"terms from {args.terms}"
     else:
-        ds = dataset_for(pipe, args.data, args.split)
+        ds = dataset_for(pipe, args.data, args.split, cache=_cache_arg(args))
         images = ds.images[: args.n]
         curve = rate_distortion(pipe, images, batch_size=args.batch_size, seed=args.seed,
                                 progress=not args.no_progress)
@@ -363,11 +395,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except UserError as err:
-        print(f"ddpm {args.command}: error: {err}", file=sys.stderr)
+        print(f"ddpm {args.command}: error: {_rank_prefix(str(err))}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _rank_prefix(message: str) -> str:
+    """'rank R: ' under torchrun with more than one process, so a failing rank names itself; else ''."""
+    rank = os.environ.get("RANK")
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1 or rank is None or message.startswith(f"rank {rank}:"):
+        return ""
+    return f"rank {rank}: "
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -42,6 +42,12 @@ def is_image_name(name: str) -> bool:
 def load_folder(root: Path, name: str, *, image_size: int | None, channels: int | None, split: str,
                 skip_bad: bool) -> ImageDataset:
     """Every image under `root` (see module docstring for the rules)."""
+    files, skipped = list_files(root, split, skip_bad)
+    return load_files(files, name, image_size=image_size, channels=channels, skip_bad=skip_bad, skipped=skipped)
+
+
+def list_files(root: Path, split: str, skip_bad: bool) -> tuple[list[Path], list[str]]:
+    """The image files of `split` under `root` in load order, and the skipped-folder messages (with skip_bad)."""
     skipped: list[str] = []
     files: list[Path] = []
     for folder in split_folders(root, split):
@@ -49,7 +55,7 @@ def load_folder(root: Path, name: str, *, image_size: int | None, channels: int 
     if not files and not skipped:
         raise file_error(root, f"no images found (looked for {' '.join(IMAGE_EXTENSIONS)} files, recursively)",
                          "check the path, or pass an IDX, CIFAR or .npz/.npy data set")
-    return load_files(files, name, image_size=image_size, channels=channels, skip_bad=skip_bad, skipped=skipped)
+    return files, skipped
 
 
 def load_files(files: list[Path], name: str, *, image_size: int | None, channels: int | None, skip_bad: bool,

@@ -19,7 +19,6 @@ References:
 from __future__ import annotations
 
 import hashlib
-import os
 import warnings
 import zipfile
 import zlib
@@ -29,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from ddpmkit.errors import ConfigError, DataError
-from ddpmkit.fileio import atomic_path
+from ddpmkit.fileio import atomic_path, default_cache_dir  # default_cache_dir: shared with data/cache.py
 
 
 def _float64(x: np.ndarray, name: str, ndim: int) -> np.ndarray:
@@ -133,12 +132,6 @@ def inception_score(logits: np.ndarray, splits: int = 10) -> tuple[float, float]
         kl = (np.exp(part) * (part - log_py)).sum(axis=1)
         scores.append(np.exp(kl.mean()))
     return float(np.mean(scores)), float(np.std(scores))
-
-
-def default_cache_dir() -> Path:
-    """$DDPMKIT_CACHE, or ~/.cache/ddpmkit."""
-    env = os.environ.get("DDPMKIT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "ddpmkit"
 
 
 def stats_cache_path(key: str, cache_dir: Path | str | None = None) -> Path:

@@ -44,6 +44,7 @@ class EvalRequest:
     device: str | None = None
     progress: bool = True
     out_dir: Path | None = None  # where per-t terms and the memorisation PNG go
+    cache: object = None  # a folder of images through the decoded-image cache: see ddpmkit.data.load_dataset
 
 
 @dataclass
@@ -154,7 +155,8 @@ def _memo(ctx: _Context) -> None:
     r = ctx.request
     if r.split == "train":
         raise UserError("--metrics memo compares with held-out images: use --split test")
-    train = load_dataset(r.data, image_size=ctx.real.image_size, channels=ctx.real.channels, split="train")
+    train = load_dataset(r.data, image_size=ctx.real.image_size, channels=ctx.real.channels, split="train",
+                         cache=r.cache)
     out = memorisation(ctx.samples(), train.images, ctx.real.images)
     ctx.result["memorisation"] = float(out["ratio"])
     ctx.result["memorisation_detail"] = {k: float(out[k]) for k in ("gen_to_train_median", "heldout_to_train_median")}
@@ -187,7 +189,7 @@ def evaluate(request: EvalRequest) -> dict:
         pipe = load(request.checkpoint or request.run_dir, ema=request.ema, device=request.device)
         if request.data is None:
             request.data = pipe.config.data.spec
-    real = load_dataset(request.data, split=request.split, **_data_options(request, pipe))
+    real = load_dataset(request.data, split=request.split, cache=request.cache, **_data_options(request, pipe))
     if pipe is not None and (real.image_size, real.channels) != (pipe.image_size, pipe.channels):
         size = pipe.image_size
         raise DataError(f"--data {request.data}: images are {real.image_size}x{real.image_size}x{real.channels}, the "

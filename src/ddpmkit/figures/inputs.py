@@ -27,12 +27,14 @@ def check_fits(images: np.ndarray, pipeline, what: str) -> np.ndarray:
     return images
 
 
-def dataset_for(pipeline, spec: str | None, split: str) -> ImageDataset:
-    """The data set `spec` names (default: the run's own), with the run's resizing when it is the run's own."""
+def dataset_for(pipeline, spec: str | None, split: str, cache=None) -> ImageDataset:
+    """The data set `spec` names (default: the run's own), with the run's resizing when it is the run's own.
+
+    cache: as `load_dataset` takes it (a folder of images is mapped from the decoded-image cache)."""
     data = pipeline.config.data
     spec = spec or data.spec
     options = {"image_size": data.image_size, "channels": data.channels} if spec == data.spec else {}
-    ds = load_dataset(spec, split=split, **options)
+    ds = load_dataset(spec, split=split, cache=cache, **options)
     check_fits(ds.images, pipeline, f"--data {spec}")
     return ds
 

@@ -8,6 +8,7 @@ everything here is a no-op and no process group is started.
 from __future__ import annotations
 
 import os
+import uuid
 from dataclasses import dataclass
 from datetime import timedelta
 
@@ -102,6 +103,15 @@ def gather(info: DistInfo, *tensors: torch.Tensor) -> list[torch.Tensor]:
     dist.all_gather(parts, stacked)
     joined = torch.cat(parts, dim=1).cpu()  # (k, world_size * b): one transfer
     return [row.to(t.dtype) for row, t in zip(joined, tensors)]
+
+
+def shared_token(info: DistInfo) -> str | None:
+    """A random hex string that every rank of this job holds (rank 0's, broadcast); None for one process."""
+    if not info.active:
+        return None
+    token = [uuid.uuid4().hex if info.is_main else None]
+    dist.broadcast_object_list(token, src=0, device=info.device)
+    return token[0]
 
 
 def barrier(info: DistInfo) -> None:

@@ -7,6 +7,9 @@ SIGKILL to its own process: no `finally`, no `atexit`, no flush, exactly like a 
     DDPMKIT_FAULT=save:weights@3                kill the third time `save:weights` is reached (counted per process)
     DDPMKIT_FAULT=save:prune,save:weights@2     a comma list: whichever comes first
 
+    DDPMKIT_FAULT=cache:chunk@2!ENOSPC          instead of a kill, raise OSError(ENOSPC) there (any errno name):
+                                                a full disk or a failing device, without filling one
+
 The variable is read on every call (one dict lookup), so a test may set it between two saves in one process.
 Only tests set it. Two more variables narrow it, for a group of processes under torchrun that restarts:
 
@@ -27,10 +30,18 @@ and the rest in `ddpmkit.train.checkpoint.save_checkpoint`:
     save:before_rename    complete temp folder with manifest, not yet renamed to `step_XXXXXXXXX`
     save:after_rename     the new checkpoint is in place; old ones not pruned, stale temp folders not removed
     save:prune            in the middle of pruning: one old checkpoint renamed to `.trash-*`, not yet deleted
+
+and the decoded-image cache's build (`ddpmkit.data.cache`):
+
+    cache:chunk           after each chunk of images is written to the temporary images file
+    cache:before_manifest images file complete and fsynced, no manifest yet
+    cache:before_rename   complete temporary entry with manifest, not yet renamed into place
+    cache:swap            the old entry moved aside, the new one not yet renamed into place
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import signal
 from collections import Counter
@@ -42,20 +53,26 @@ _hits: Counter[str] = Counter()
 
 def fault_armed(name: str) -> bool:
     """Count one hit of point `name` and say whether `DDPMKIT_FAULT` asks to kill the process at this hit."""
+    return _armed_action(name) is not None
+
+
+def _armed_action(name: str) -> str | None:
+    """Count one hit of `name`; None if nothing fires here, else the action: "" (SIGKILL) or an errno name."""
     _hits[name] += 1
     spec = os.environ.get(ENV_VAR)
     if not spec:
-        return False
+        return None
     rank = os.environ.get(ENV_VAR + "_RANK")
     if rank is not None and os.environ.get("RANK", "0") != rank:
-        return False
+        return None
     for item in spec.split(","):
-        point, _, nth = item.strip().partition("@")
+        item, _, action = item.strip().partition("!")
+        point, _, nth = item.partition("@")
         if point != name:
             continue
-        if not nth or (nth.isdigit() and int(nth) == _hits[name]):
-            return _first_time()
-    return False
+        if (not nth or (nth.isdigit() and int(nth) == _hits[name])) and _first_time():
+            return action
+    return None
 
 
 def _first_time() -> bool:
@@ -71,6 +88,11 @@ def _first_time() -> bool:
 
 
 def fault_point(name: str) -> None:
-    """SIGKILL this process here if `DDPMKIT_FAULT` names this point (see the module docstring); else nothing."""
-    if fault_armed(name):
+    """SIGKILL this process here if `DDPMKIT_FAULT` names this point (see the module docstring), or raise the
+    OSError its `!ERRNO` suffix names; else nothing."""
+    action = _armed_action(name)
+    if action:
+        code = getattr(errno, action)
+        raise OSError(code, os.strerror(code))
+    if action is not None:
         os.kill(os.getpid(), signal.SIGKILL)

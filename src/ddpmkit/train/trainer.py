@@ -30,7 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from ..config import RunConfig, config_differences, to_toml
-from ..data import ImageDataset, check_enough, from_model_range, load_dataset, to_model_range
+from ..data import ImageDataset, check_enough, from_model_range, to_model_range
 from ..errors import ConfigError, UserError
 from ..fileio import atomic_path
 from ..figures.grid import plot_loss, save_grid
@@ -38,9 +38,11 @@ from ..pipeline import build_diffusion, build_model
 from ..samplers import SamplingStopped
 from . import distributed
 from .checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
+from .data import load_training_data
 from .ema import EMA
 from .faults import fault_point
 from .importance import ImportanceTimesteps, timestep_sampler
+from .prefetch import Prefetcher
 
 
 def step_seed(*parts: int) -> int:
@@ -74,19 +76,18 @@ class Trainer:
     """`Trainer(config, run_dir).run()` trains, checkpoints and samples; see `ddpm train`."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False,
-                 device: str = "auto", progress: bool = True, dataset: ImageDataset | None = None):
+                 device: str = "auto", progress: bool = True, dataset: ImageDataset | None = None,
+                 cache=None, prefetch: int = 2):
         self.config, self.run_dir = config, Path(run_dir)
         self.resume, self.force, self.progress = resume, force, progress
         self.dist = distributed.setup(device)
         c = config.train
         if c.batch_size % self.dist.world_size:
             raise ConfigError(f"--batch-size {c.batch_size} must be divisible by the {self.dist.world_size} processes")
-        d = config.data
-        self.data = dataset or load_dataset(d.spec, image_size=d.image_size, channels=d.channels,
-                                            skip_bad=d.skip_bad)
+        self.data = dataset or load_training_data(config.data, self.dist, cache, progress=progress, say=self._say)
         check_enough(self.data, c.batch_size)
-        self.images = torch.from_numpy(self.data.images)  # (N, H, W, C) uint8, kept as is until a batch needs it
         self.order = BatchOrder(len(self.data), c.batch_size, c.seed)
+        self.batches = Prefetcher(self._batch_images, prefetch, end=c.steps)  # images only: draws stay in _draw
         self.diffusion = build_diffusion(config).to(self.dist.device)
         torch.manual_seed(c.seed)  # the initial weights
         self.model = build_model(config, self.data.image_size, self.data.channels).to(self.dist.device)
@@ -103,6 +104,10 @@ class Trainer:
         self.step, self.bad_losses, self.stop_signal = 0, 0, None
         # uniform t, or importance-sampled for L_vlb [IDDPM Sec. 3.3]; every rank keeps the same history
         self.timesteps = timestep_sampler(c.timestep_sampler, c.loss, self.diffusion.num_timesteps)
+
+    def _batch_images(self, step: int) -> torch.Tensor:
+        """uint8 (B, H, W, C) images of the global batch of `step`, copied out of the (possibly mapped) array."""
+        return torch.from_numpy(np.asarray(self.data.images[self.order.indices(step).numpy()]))
 
     def _wrap(self, model):
         net = model
@@ -180,7 +185,7 @@ class Trainer:
         """This rank's slice of the global batch: x0 (b, C, H, W), t (b,), noise; all from (seed, step)."""
         c, n_ranks, rank = self.config.train, self.dist.world_size, self.dist.rank
         g = torch.Generator().manual_seed(step_seed(c.seed, step, 2))
-        x0 = to_model_range(self.images[self.order.indices(step)])  # (B, C, H, W) in [-1, 1]
+        x0 = to_model_range(self.batches.get(step))  # (B, C, H, W) in [-1, 1]
         flip = torch.rand(c.batch_size, generator=g) < 0.5
         if self.config.data.hflip:
             x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
@@ -226,13 +231,14 @@ class Trainer:
     # --- the loop -------------------------------------------------------------------------------------------
 
     def run(self) -> dict:
-        """Train to `train.steps`; returns {"step", "checkpoint", "interrupted", "samples"}."""
+        """Train to `train.steps`; returns {"step", "checkpoint", "interrupted", "samples", "is_main"}."""
         try:
             self._restore()
             self._prepare_run_dir()
             with _StopOnSignals(self):
-                return self._loop()
+                return {**self._loop(), "is_main": self.dist.is_main}
         finally:
+            self.batches.close()
             distributed.cleanup(self.dist)
 
     def _prepare_run_dir(self) -> None:
