@@ -36,9 +36,9 @@ from ..fileio import atomic_path
 from ..figures.grid import plot_loss, save_grid
 from ..pipeline import build_diffusion, build_model
 from . import distributed
-from .checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
+from ..store.checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .ema import EMA
-from .faults import fault_point
+from ..store.faults import fault_point
 from .importance import ImportanceTimesteps, timestep_sampler
 
 
