@@ -14,9 +14,10 @@ importer. Nothing here imports ddpmkit.train, so reading a model never loads the
 
 from .checkpoint import Checkpoint, latest_valid_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from .device import pick_device
+from .diffusers_io import export_diffusers, import_diffusers
 from .rundir import StoredRun, find_checkpoint, open_run, write_run
 from .safeload import CheckpointFileError, check_weights_fit, file_sha256, load_weights_file
 
-__all__ = ["Checkpoint", "CheckpointFileError", "StoredRun", "check_weights_fit", "file_sha256", "find_checkpoint",
-           "latest_valid_checkpoint", "list_checkpoints", "load_checkpoint", "load_weights_file", "open_run",
+__all__ = ["Checkpoint", "CheckpointFileError", "StoredRun", "check_weights_fit", "export_diffusers", "file_sha256", "find_checkpoint",
+           "import_diffusers", "latest_valid_checkpoint", "list_checkpoints", "load_checkpoint", "load_weights_file", "open_run",
            "pick_device", "save_checkpoint", "write_run"]

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,30 +77,43 @@ def open_run(path: str | Path) -> StoredRun:
     return StoredRun(ckpt, config, ckpt.config["image_size"], ckpt.config["channels"])
 
 
+@contextmanager
+def new_directory(path: str | Path, flag: str = "--out"):
+    """Yield a temporary folder beside `path`; when the block succeeds, rename it to `path` (all or nothing).
+
+    An existing non-empty `path` is refused; an OS failure is a UserError naming `flag`; on any failure the
+    temporary folder is removed and `path` is as it was.
+    """
+    path = Path(path)
+    if path.exists() and (not path.is_dir() or any(path.iterdir())):
+        raise UserError(f"{flag} {path}: exists and is not an empty directory; choose a new {flag}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.getpid()}")
+    try:
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        yield tmp
+        if path.exists():
+            path.rmdir()  # empty, checked above
+        os.replace(tmp, path)
+    except OSError as err:
+        raise UserError(f"{flag} {path}: cannot write there ({err.strerror or err})") from None
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
 def write_run(run_dir: str | Path, config: RunConfig, meta: dict, weights: dict[str, dict[str, torch.Tensor]], *,
               step: int = 0, state: dict | None = None, files: dict[str, str] | None = None) -> Path:
     """Create run directory `run_dir` holding config.toml, one checkpoint and `files` (name -> text), atomically.
 
-    `meta` joins the checkpoint's config.json beside {"run", "image_size", "channels"}. An existing non-empty
-    `run_dir` is refused; on any failure nothing is left at `run_dir`. Returns the checkpoint's folder.
+    `meta` joins the checkpoint's config.json beside {"run": the config}; it must hold "image_size" and
+    "channels". An existing non-empty `run_dir` is refused; on any failure nothing is left at `run_dir`.
+    Returns the checkpoint's folder.
     """
     run_dir = Path(run_dir)
-    if run_dir.exists() and (not run_dir.is_dir() or any(run_dir.iterdir())):
-        raise UserError(f"--out {run_dir}: exists and is not an empty directory; choose a new --out")
-    tmp = run_dir.with_name(f".tmp-{run_dir.name}-{os.getpid()}")
-    try:
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
+    with new_directory(run_dir) as tmp:
         (tmp / CONFIG_TOML).write_text(to_toml(config))
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
         ckpt = save_checkpoint(tmp / CHECKPOINTS, step, weights=weights, state=state or {"step": step},
                                config={"run": config.to_dict(), **meta}, keep=1)
-        if run_dir.exists():
-            run_dir.rmdir()  # empty, checked above
-        os.replace(tmp, run_dir)
-    except OSError as err:
-        raise UserError(f"--out {run_dir}: cannot write there ({err.strerror or err})") from None
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return run_dir / CHECKPOINTS / ckpt.name
