@@ -181,3 +181,36 @@ def test_the_default_tables_are_those_of_the_installed_diffusers():
         defaults = {k: p.default for k, p in params.items() if k != "self"}
         assert set(defaults) == set(table), cls
         assert all(json.loads(json.dumps(defaults[k])) == table[k] for k in table), cls
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({}, {"schedule": "linear", "beta_start": 1e-4, "beta_end": 0.02, "variance": "fixed_large"}),
+    ({"beta_schedule": "squaredcos_cap_v2"}, {"schedule": "cosine", "variance": "fixed_large"}),
+    ({"trained_betas": [float(b) for b in schedules.linear(20, 1e-3, 0.05)]},
+     {"schedule": "linear", "beta_start": 1e-3, "beta_end": 0.05}),
+    ({"trained_betas": [float(b) for b in schedules.cosine(20)]}, {"schedule": "cosine"}),
+    ({"variance_type": "fixed_small_log", "prediction_type": "v_prediction"}, {"variance": "fixed_small",
+                                                                               "parameterization": "v"}),
+    ({"variance_type": ..., "timestep_spacing": "trailing", "steps_offset": 1}, {"variance": "fixed_small"}),
+])
+def test_scheduler_configs_map_to_the_diffusion_section(changes, expected):
+    """Named schedules, explicit betas equal to one of ddpmkit's, diffusers' defaults for missing keys."""
+    from pathlib import Path
+
+    from ddpmkit.store.diffusers_config import read_scheduler_config
+
+    raw = {**TINY_SCHEDULER, **changes}
+    raw = {k: v for k, v in raw.items() if v is not ...}
+    got = read_scheduler_config(raw, Path("scheduler_config.json"))
+    assert got["timesteps"] == 20 and {k: got[k] for k in expected} == expected
+
+
+def test_the_importer_never_imports_diffusers(tmp_path, tiny_flat):
+    import subprocess
+    import sys
+
+    script = (f"import sys; from ddpmkit.cli import main; "
+              f"assert main(['import-diffusers', {str(tiny_flat)!r}, '--out', {str(tmp_path / 'run')!r}]) == 0; "
+              f"print('DIFFUSERS', sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "DIFFUSERS []" in out.stdout, out.stderr[-2000:]
