@@ -206,3 +206,10 @@ def test_export_refuses_what_diffusers_cannot_express(tmp_path, capsys):
         _refused(capsys, ["export-diffusers", str(tmp_path / name), "--out", str(tmp_path / f"{name}-dm")],
                  "config.json", *words)
         assert not (tmp_path / f"{name}-dm").exists()
+
+
+def test_resuming_training_on_an_imported_run_is_one_line(tmp_path, tiny_flat, capsys):
+    run = tmp_path / "run"
+    assert main(["import-diffusers", str(tiny_flat), "--out", str(run), "--data", "digits"]) == 0
+    _refused(capsys, ["train", "--out", str(run), "--resume", "--steps", "1", "--no-progress", "--device", "cpu"],
+             "without optimizer state")

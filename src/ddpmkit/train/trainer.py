@@ -138,6 +138,9 @@ class Trainer:
                 raise UserError(f"{self.ckpt_dir}: no checkpoint there is valid (see the warnings); cannot resume")
             self._say(f"no checkpoint in {self.ckpt_dir} yet: starting from step 0")
             return
+        if "optimizer" not in ckpt.state:  # e.g. ddpm import-diffusers: weights only
+            raise UserError(f"{ckpt.path}: holds weights without optimizer state (an imported model), so it cannot "
+                            "be resumed; train a new run with --out elsewhere")
         self._check_same_run(ckpt.config or {}, ckpt.path)
         for name in ("model", "ema"):  # a --force'd change of model size ends here, with the keys named
             check_weights_fit(self.model, ckpt.weights[name], f"{ckpt.path}/{name}.safetensors")
