@@ -124,6 +124,11 @@ def main(argv=None) -> None:
         with torch.no_grad():
             diff = (pipe.model(x, t) - theirs(x, t).sample).abs().max().item()
         flops = _flops(pipe.model)
+        with torch.device("meta"):
+            counts = {name: sum(p.numel() for p in ddpmkit.UNet.from_preset(name).parameters())
+                      for name in ("cifar10", "celebahq256", "lsun256")}
+        print("presets: " + ", ".join(f"{k} {v:,} parameters" for k, v in counts.items()) +
+              " (the paper: 35.7M and 114M [DDPM App. B])")
         print(f"network: {n_params:,} parameters; max |ddpmkit - diffusers| output {diff:.2e}; "
               f"{flops / 1e9:.2f} GFLOP per image-NFE; torch {torch.__version__}, {args.threads} thread(s)")
         best = None

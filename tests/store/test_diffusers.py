@@ -214,3 +214,25 @@ def test_the_importer_never_imports_diffusers(tmp_path, tiny_flat):
               f"print('DIFFUSERS', sorted(m for m in sys.modules if m.split('.')[0] == 'diffusers'))")
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "DIFFUSERS []" in out.stdout, out.stderr[-2000:]
+
+
+@pytest.mark.parametrize("folder, preset", [("ddpm-celebahq-256", "celebahq256"), ("ddpm-ema-church-256", "lsun256"),
+                                            ("ddpm-cat-256", "lsun256")])
+def test_the_256_repositories_configs_are_the_papers_114m_preset(tmp_path, folder, preset):
+    """google/ddpm-*-256's config (the layout of SHRUNK256_UNET at full width): the preset's network, no weights."""
+    from pathlib import Path
+
+    from ddpmkit.pipeline import build_model
+    from ddpmkit.store.diffusers_config import read_scheduler_config, read_unet_config
+    from ddpmkit.store.diffusers_io import run_config_for
+
+    unet = {**SHRUNK256_UNET, "block_out_channels": [128, 128, 256, 256, 512, 512], "norm_num_groups": 32,
+            "sample_size": 256}
+    spec = read_unet_config(unet, Path("config.json"))
+    diffusion = read_scheduler_config({**CIFAR10_SCHEDULER, "variance_type": "fixed_small"}, Path("s.json"))
+    (tmp_path / folder).mkdir()
+    config = run_config_for(spec, diffusion, tmp_path / folder)
+    assert config.model.preset == preset and config.diffusion.variance == "fixed_small"
+    with torch.device("meta"):
+        net = build_model(config, 256, 3)
+    assert sum(p.numel() for p in net.parameters()) == 113_673_219
