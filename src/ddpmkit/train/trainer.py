@@ -12,7 +12,7 @@ with the same global batch sees.
 Run directory:
     config.toml        the resolved config         metrics.jsonl   one JSON line per log interval
     loss.png           the loss curve              samples.png     the newest sample grid (EMA weights)
-    samples/           a grid per sample interval  checkpoints/    step_XXXXXXXXX folders (checkpoint.py)
+    samples/           a grid per sample interval  checkpoints/    step_XXXXXXXXX folders (store/checkpoint.py)
 """
 
 from __future__ import annotations
