@@ -45,7 +45,7 @@ from ddpmkit.evaluate.fid import feature_stats, frechet_distance
 from ddpmkit.evaluate.nll import bits_per_dim
 from ddpmkit.pipeline import build_diffusion
 from ddpmkit.samplers import model_device
-from ddpmkit.train.checkpoint import list_checkpoints
+from ddpmkit.store.checkpoint import list_checkpoints
 from ddpmkit.train.trainer import Trainer
 
 RUNS = {  # name -> (train.loss, diffusion.variance); train.timestep_sampler stays "auto"

@@ -104,3 +104,21 @@ def test_help_lists_the_subcommands(capsys):
     assert exit_.value.code == 0
     out = capsys.readouterr().out
     assert "train" in out and "sample" in out
+
+
+@pytest.mark.parametrize("name", ["celebahq256", "lsun256"])
+def test_256_presets_are_the_papers_setup_and_build_the_114m_net(name):
+    import torch
+
+    from ddpmkit.pipeline import build_model
+
+    c = load_config(name)
+    assert (c.data.image_size, c.data.channels, c.model.preset) == (256, 3, name)
+    assert (c.diffusion.schedule, c.diffusion.timesteps, c.diffusion.beta_start, c.diffusion.beta_end) == (
+        "linear", 1000, 1e-4, 0.02)
+    assert (c.diffusion.parameterization, c.diffusion.variance, c.train.loss) == ("eps", "fixed_small", "simple")
+    t = c.train
+    assert (t.lr, t.warmup, t.grad_clip, t.batch_size, t.ema_decay) == (2e-5, 5000, 1.0, 64, 0.9999)
+    with torch.device("meta"):
+        net = build_model(c, 256, 3)
+    assert sum(p.numel() for p in net.parameters()) == 113_673_219

@@ -1,7 +1,8 @@
 """Run configuration: one dataclass per component, composed into RunConfig, loaded from and saved as TOML.
 
 Presets are TOML files shipped in `ddpmkit/configs/` (`configs/` at the top of the repository points there):
-`digits` (the default), `fashion_mnist`, `cifar10` (the paper's exact setup [DDPM Sec. 4, App. B]) and
+`digits` (the default), `fashion_mnist`, `cifar10` (the paper's exact setup [DDPM Sec. 4, App. B]), `celebahq256` and
+`lsun256` (the paper's 256x256 setups, the 114M network) and
 `cifar10_improved` (Improved DDPM's CIFAR-10 recipe [IDDPM]).
 Every value is validated in `__post_init__`; a bad one raises ConfigError with what is wrong and what is allowed.
 """
@@ -86,11 +87,12 @@ class ModelConfig:
     num_res_blocks: int | None = None
     attn_resolutions: list[int] | None = None
     dropout: float | None = None
+    num_groups: int | None = None  # GroupNorm groups (32 in the paper); an imported diffusers net may set another
 
     def __post_init__(self):
         if self.dropout is not None and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ConfigError(f"model.dropout = {self.dropout!r}: must lie in [0, 1)")
-        for name in ("ch", "num_res_blocks"):
+        for name in ("ch", "num_res_blocks", "num_groups"):
             if getattr(self, name) is not None:
                 _positive("model", name, getattr(self, name))
 

@@ -6,7 +6,6 @@
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,9 +15,10 @@ import torch
 from .config import RunConfig
 from .data import from_model_range
 from .diffusion import Diffusion
-from .errors import CheckpointError, ConfigError
+from .errors import ConfigError
 from .models import UNet
 from .samplers import SAMPLERS, check_sampler, model_device
+from .store import check_weights_fit, open_run, pick_device
 
 
 def build_diffusion(config: RunConfig) -> Diffusion:
@@ -92,30 +92,12 @@ class Pipeline:
 
 def load(path: str | Path, *, ema: bool = True, device: str | torch.device | None = None) -> Pipeline:
     """A Pipeline from a run directory (its newest valid checkpoint) or from one checkpoint folder."""
-    from .train.checkpoint import check_weights_fit, latest_valid_checkpoint, load_checkpoint
-
-    path = Path(path)
-    if (path / "manifest.json").exists():
-        ckpt = load_checkpoint(path)
-    elif path.is_dir():
-        ckpt, warnings = latest_valid_checkpoint(path / "checkpoints")
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        if ckpt is None:
-            raise CheckpointError(f"{path}: no valid checkpoint in {path / 'checkpoints'}; train first with ddpm train")
-    else:
-        raise CheckpointError(f"{path}: no such run directory or checkpoint folder")
-    if ckpt.config is None or "run" not in ckpt.config:
-        raise CheckpointError(f"{ckpt.path}: the checkpoint has no config.json with the run's config")
-    config = RunConfig.from_dict(ckpt.config["run"], source=f"{ckpt.path}/config.json")
-    image_size, channels = ckpt.config["image_size"], ckpt.config["channels"]
-    model = build_model(config, image_size, channels)
-    name = "ema" if ema and "ema" in ckpt.weights else "model"
-    check_weights_fit(model, ckpt.weights[name], f"{ckpt.path}/{name}.safetensors")
-    model.load_state_dict(ckpt.weights[name])
-    from .train.distributed import pick_device
-
+    run = open_run(path)
+    model = build_model(run.config, run.image_size, run.channels)
+    name, weights = run.weights(ema)
+    check_weights_fit(model, weights, f"{run.path}/{name}.safetensors")
+    model.load_state_dict(weights)
     device = pick_device(str(device) if device is not None else "auto")
     model = model.to(device).eval()
-    return Pipeline(model, build_diffusion(config).to(device), config, image_size, channels, ckpt.step, ckpt.path)
-
+    return Pipeline(model, build_diffusion(run.config).to(device), run.config, run.image_size, run.channels,
+                    run.step, run.path)

@@ -59,12 +59,23 @@ def test_cifar10_structure_follows_appendix_b(cifar10):
     assert net.temb.dense0.in_features == 128 and net.temb.dense1.out_features == 512
 
 
+@pytest.mark.parametrize("name", ["celebahq256", "lsun256"])
+def test_256_presets_are_the_papers_114m_network(name):
+    with torch.device("meta"):  # the shapes without the 455 MB of weights
+        net = UNet.from_preset(name)
+    print(f"{name}: {n_params(net):,} parameters")
+    assert n_params(net) == 113_673_219 and round(n_params(net) / 1e6) == 114  # [DDPM App. B]: "114 million"
+    assert net.config["ch_mult"] == (1, 1, 2, 2, 4, 4) and net.config["num_res_blocks"] == 2
+    assert [len(level.attn) for level in net.down] == [0, 0, 0, 0, 2, 0]  # attention at 256 / 2**4 = 16x16 only
+    assert [len(level.attn) for level in net.up] == [0, 0, 0, 0, 3, 0] and net.config["dropout"] == 0.0
+
+
 def test_fresh_net_outputs_zero_like_the_original_init():
     net = UNet.from_preset("tiny")
     assert not net(torch.randn(2, 1, 8, 8), torch.tensor([1, 2])).any()
 
 
-@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"cifar10"}))
+@pytest.mark.parametrize("name", sorted(set(PRESETS) - {"cifar10", "celebahq256", "lsun256"}))
 def test_every_small_preset_builds_and_runs_at_its_image_size(name):
     net = UNet.from_preset(name).eval()
     c = net.config

@@ -13,7 +13,7 @@ import torch
 
 from ddpmkit.cli import main
 from ddpmkit.errors import ConfigError, UserError
-from ddpmkit.train.checkpoint import load_checkpoint, save_checkpoint
+from ddpmkit.store.checkpoint import load_checkpoint, save_checkpoint
 from ddpmkit.train.importance import HISTORY, UNIFORM_MIX, ImportanceTimesteps, UniformTimesteps, timestep_sampler
 
 T = 50

@@ -19,8 +19,8 @@ import torch
 from safetensors.torch import load_file
 
 from ddpmkit.cli import main
-from ddpmkit.train import faults
-from ddpmkit.train.checkpoint import latest_valid_checkpoint, list_checkpoints
+from ddpmkit.store import faults
+from ddpmkit.store.checkpoint import latest_valid_checkpoint, list_checkpoints
 from ddpmkit.train.trainer import Trainer
 
 STEPS, EVERY = 16, 2
@@ -187,7 +187,7 @@ def test_low_precision_runs_stay_finite_and_timesteps_stay_int64(tmp_path, monke
 def test_a_full_disk_during_a_save_stops_the_run_loudly_and_keeps_the_previous_checkpoint(tmp_path, monkeypatch,
                                                                                           capsys, record_property):
     record_property("faults", 1)
-    from ddpmkit.train import checkpoint
+    from ddpmkit.store import checkpoint
 
     real_save, calls = checkpoint.st.save_file, []
 

@@ -33,7 +33,7 @@ from ddpmkit.data.decode import native_channels
 from ddpmkit.data.folder import as_array, read_regular_image
 from ddpmkit.errors import DataError
 from ddpmkit.fileio import atomic_path, fsync_dir
-from ddpmkit.train.faults import fault_point
+from ddpmkit.store.faults import fault_point
 
 log = logging.getLogger("ddpmkit.data.cache")
 

@@ -35,8 +35,7 @@ from tqdm.auto import tqdm
 from ..data import ImageDataset, to_model_range
 from ..errors import CheckpointError, DataError, UserError
 from ..fileio import atomic_path
-from ..train.checkpoint import check_weights_fit, load_weights_file
-from ..train.safeload import file_sha256
+from ..store.safeload import check_weights_fit, file_sha256, load_weights_file
 
 FORMAT, FORMAT_VERSION = "ddpmkit-classifier", "1"
 DEFAULT_EPOCHS, MIN_STEPS = 4, 300  # the default length: 4 passes over the training images, at least 300 steps

@@ -35,8 +35,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ddpmkit.errors import ConfigError, DataError, UserError
-from ddpmkit.train.checkpoint import check_weights_fit, load_weights_file
-from ddpmkit.train.safeload import file_sha256
+from ddpmkit.store.safeload import check_weights_fit, file_sha256, load_weights_file
 
 INPUT_SIZE = 299
 NUM_CLASSES = 1008

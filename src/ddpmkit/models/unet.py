@@ -29,6 +29,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     # The paper's CIFAR-10 model [DDPM App. B]: 35,746,307 parameters, as the original implementation.
     "cifar10": dict(in_channels=3, out_channels=3, ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
                     attn_resolutions=(16,), dropout=0.1, image_size=32),
+    # The paper's 256x256 model for CelebA-HQ and LSUN [DDPM App. B: "114 million parameters"; the authors' code
+    # calls it unet2d16b2c112244]: six levels 256 .. 8, attention at 16x16, no dropout (0 for all but CIFAR-10).
+    # 113,673,219 parameters; the two names are one network, as in the paper.
+    "celebahq256": dict(in_channels=3, out_channels=3, ch=128, ch_mult=(1, 1, 2, 2, 4, 4), num_res_blocks=2,
+                        attn_resolutions=(16,), dropout=0.0, image_size=256),
     # 8x8 grey digits (sklearn's 1,797 images): two levels (8, 4) are all an 8x8 image has room for; attention
     # at 4x4 is 16 tokens, nearly free. ch=32 keeps a training step at batch 128 well under a second on two CPU
     # cores, so a usable model trains in minutes; no dropout, since a few minutes of training cannot overfit.
@@ -44,6 +49,7 @@ PRESETS: dict[str, dict[str, Any]] = {
                  attn_resolutions=(4,), dropout=0.0, image_size=8),
 }
 PRESETS["fashion_mnist"] = PRESETS["mnist28"]
+PRESETS["lsun256"] = PRESETS["celebahq256"]
 
 
 def _check_config(cfg: dict[str, Any]) -> None:

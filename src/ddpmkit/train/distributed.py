@@ -15,7 +15,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
-from ..errors import ConfigError
+from ..store.device import pick_device  # noqa: F401  (re-exported: distributed.pick_device)
 
 _TIMEOUT = timedelta(minutes=30)
 
@@ -34,21 +34,6 @@ class DistInfo:
     @property
     def active(self) -> bool:
         return self.world_size > 1
-
-
-def pick_device(name: str = "auto", local_rank: int = 0) -> torch.device:
-    """"auto": this process's GPU when CUDA is there, else the CPU; or an explicit "cpu", "cuda", "cuda:1"."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
-        name = f"cuda:{local_rank}"
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise ConfigError(f"--device {name}: not a device name; use auto, cpu, cuda or cuda:N") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"--device {name}: CUDA is not available on this machine; use --device cpu")
-    return device
 
 
 def setup(device: str = "auto") -> DistInfo:

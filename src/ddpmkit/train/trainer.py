@@ -12,7 +12,7 @@ with the same global batch sees.
 Run directory:
     config.toml        the resolved config         metrics.jsonl   one JSON line per log interval
     loss.png           the loss curve              samples.png     the newest sample grid (EMA weights)
-    samples/           a grid per sample interval  checkpoints/    step_XXXXXXXXX folders (checkpoint.py)
+    samples/           a grid per sample interval  checkpoints/    step_XXXXXXXXX folders (store/checkpoint.py)
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ from ..figures.grid import plot_loss, save_grid
 from ..pipeline import build_diffusion, build_model
 from ..samplers import SamplingStopped
 from . import distributed
-from .checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
+from ..store.checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .data import load_training_data
 from .ema import EMA
-from .faults import fault_point
+from ..store.faults import fault_point
 from .importance import ImportanceTimesteps, timestep_sampler
 from .prefetch import Prefetcher
 
@@ -144,6 +144,9 @@ class Trainer:
                 raise UserError(f"{self.ckpt_dir}: no checkpoint there is valid (see the warnings); cannot resume")
             self._say(f"no checkpoint in {self.ckpt_dir} yet: starting from step 0")
             return
+        if "optimizer" not in ckpt.state:  # e.g. ddpm import-diffusers: weights only
+            raise UserError(f"{ckpt.path}: holds weights without optimizer state (an imported model), so it cannot "
+                            "be resumed; train a new run with --out elsewhere")
         self._check_same_run(ckpt.config or {}, ckpt.path)
         for name in ("model", "ema"):  # a --force'd change of model size ends here, with the keys named
             check_weights_fit(self.model, ckpt.weights[name], f"{ckpt.path}/{name}.safetensors")
