@@ -5,8 +5,8 @@ python batches (cifar.py), .npz/.npy arrays (npz.py) and folders of image files 
 `to_model_range` (ranges.py) is the one place where pixels are scaled to the model's [-1, 1].
 """
 
-from ddpmkit.data.dataset import ImageDataset, check_enough
+from ddpmkit.data.dataset import ImageDataset, check_enough, class_names_of
 from ddpmkit.data.loader import load_dataset
 from ddpmkit.data.ranges import from_model_range, to_model_range
 
-__all__ = ["ImageDataset", "check_enough", "from_model_range", "load_dataset", "to_model_range"]
+__all__ = ["ImageDataset", "check_enough", "class_names_of", "from_model_range", "load_dataset", "to_model_range"]
