@@ -49,6 +49,9 @@ def _add_train(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images (counted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. train.warmup=500")
+    p.add_argument("--conditional", action="store_true",
+                   help="class-conditional: model.num_classes from the data's labels, trained with label dropout "
+                        "(train.label_dropout, default 0.1) so guidance works")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -69,6 +72,19 @@ def _add_sample(sub) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the training weights instead of the EMA")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    _add_class_options(p)
+    p.add_argument("--per-class", type=int, metavar="K",
+                   help="conditional run: K samples of each class (or of each --class), one labelled row per class")
+
+
+def _add_class_options(p) -> None:
+    """--class and --guidance, for a conditional run (ddpm train --conditional)."""
+    p.add_argument("--class", dest="classes", metavar="C",
+                   help="conditional run: a class index or name, or a comma list cycled over the samples "
+                        "(default: the training data's proportions)")
+    p.add_argument("--guidance", type=float, metavar="W",
+                   help="classifier-free guidance weight w >= 0 (default 0: the conditional model); "
+                        "eps = (1 + w) eps(x, c) - w eps(x); diffusers' guidance_scale = 1 + w")
 
 
 def _add_eval(sub) -> None:
@@ -76,7 +92,8 @@ def _add_eval(sub) -> None:
     p.add_argument("run_dir", nargs="?", type=Path, help="a run directory (or use --samples alone)")
     p.add_argument("--data", help="the real data set (default: the run's own)")
     p.add_argument("--split", default="test", help="real split to compare with (default test)")
-    p.add_argument("--metrics", default="nll,fid,pr", help="comma list of nll,fid,is,pr,memo (default nll,fid,pr)")
+    p.add_argument("--metrics", default="nll,fid,pr",
+                   help="comma list of nll,fid,is,pr,memo,acc (default nll,fid,pr); acc needs --features")
     p.add_argument("--n", type=int, default=1000, help="samples to generate for fid/is/pr/memo (default 1000)")
     p.add_argument("--nll-n", type=int, default=256, help="real images for the bound (default 256; all T terms each)")
     p.add_argument("--json", type=Path, help="write the results here (default RUN_DIR/eval.json)")
@@ -92,6 +109,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    _add_class_options(p)
 
 
 def _add_train_classifier(sub) -> None:
@@ -129,6 +147,7 @@ def _add_trajectory(sub) -> None:
                    help="x0: the predictions x0(x_t) (default, as Fig. 6); xt: the latents x_t themselves; "
                         "both: a row of x_t above each row of x0")
     p.add_argument("--batch-size", type=int, default=16, help="samples per chain (the whole chain is kept; default 16)")
+    _add_class_options(p)
 
 
 def _add_interpolate(sub) -> None:
@@ -144,6 +163,7 @@ def _add_interpolate(sub) -> None:
     p.add_argument("--t", type=int, help="the paper's timestep of the latents, 1 .. T (default T/2: 500 of 1000)")
     p.add_argument("--lambdas", type=int, default=11, help="number of λ from 0 to 1 (default 11)")
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/interpolation.png)")
+    _add_class_options(p)
 
 
 def _add_rate_distortion(sub) -> None:
@@ -178,26 +198,41 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_train_config(args) -> RunConfig:
-    """The preset or file, then each flag, then each --set, in that order."""
+def resolve_train_config(args, base: RunConfig | None = None) -> RunConfig:
+    """The preset or file (or `base`), then each flag, then each --set, in that order."""
     values = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:
             raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set train.warmup=500")
         values[key.strip()] = parse_value(value.strip())
-    return load_config(args.config).with_values(values, source="--set")
+    return (base or load_config(args.config)).with_values(values, source="--set")
+
+
+def _train_config(args):
+    """(config, the line saying which config, the data set if it was read): --config, else chosen for --data."""
+    if args.config is not None:
+        return resolve_train_config(args), f"config: {args.config}", None
+    from .train.autoconfig import choose_config
+
+    base, why, data = choose_config(args.data, image_size=args.image_size, channels=args.channels,
+                                    skip_bad=bool(args.skip_bad))
+    return resolve_train_config(args, base), f"config: {why}", data
 
 
 def cmd_train(args) -> int:
-    config = resolve_train_config(args)
+    config, which, data = _train_config(args)
     if args.dry_run:
-        print(to_toml(config), end="")
+        print(f"# {which}\n{to_toml(config)}", end="")
         return 0
     from .train.trainer import Trainer
 
-    result = Trainer(config, args.out, resume=args.resume, force=args.force, device=args.device,
-                     progress=not args.no_progress).run()
+    if data is not None and (config.data.image_size, config.data.channels) != (args.image_size, args.channels):
+        data = None  # a --set changed how the data is read: the trainer reads it again
+    trainer = Trainer(config, args.out, resume=args.resume, force=args.force, device=args.device,
+                      progress=not args.no_progress, conditional=args.conditional, dataset=data)
+    trainer.say(which)
+    result = trainer.run()
     if result["interrupted"]:
         print(f"stopped by {result['interrupted']} at step {result['step']}; checkpoint {result['checkpoint']}; "
               f"continue with: ddpm train --out {args.out} --resume")
@@ -215,16 +250,46 @@ def cmd_sample(args) -> int:
         raise UserError("--n and --batch-size must be at least 1")
     pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
                 device=None if args.device == "auto" else args.device)
-    images = pipe.sample(args.n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
-                         batch_size=args.batch_size, progress=not args.no_progress)
+    labels, guidance = _sample_labels(args, pipe)
+    n = args.n if labels is None else len(labels)
+    images = pipe.sample(n, sampler=args.sampler, steps=args.steps, eta=args.eta, seed=args.seed,
+                         batch_size=args.batch_size, progress=not args.no_progress, classes=labels, guidance=guidance)
     out = args.out or (args.run_dir / "sample_grid.png")
-    save_grid(images, out)
-    print(f"wrote {out} ({args.n} samples, step {pipe.step})")
+    if args.per_class is not None:
+        from .figures.classgrid import save_class_grid
+
+        save_class_grid(images, [pipe.classes[i] for i in labels[::args.per_class]], args.per_class, out)
+    else:
+        save_grid(images, out)
+    w = f", guidance w = {guidance:g}" if guidance else ""
+    print(f"wrote {out} ({n} samples, step {pipe.step}{w})")
     if args.npz:
         args.npz.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.npz, arr_0=images)
-        print(f"wrote {args.npz}: uint8 {images.shape}, key arr_0")
+        arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": labels}
+        np.savez(args.npz, **arrays)
+        print(f"wrote {args.npz}: uint8 {images.shape}, key arr_0" + ("" if labels is None else ", labels arr_1"))
     return 0
+
+
+def _sample_labels(args, pipe):
+    """(labels (n,) or None, guidance) for ddpm sample; refuses class options for an unconditional run."""
+    from .classes import parse_classes, unconditional_error
+    from .guidance import check_guidance
+
+    given = [f for f, v in (("--class", args.classes), ("--per-class", args.per_class), ("--guidance", args.guidance))
+             if v is not None]
+    if pipe.classes is None:
+        if given:
+            raise unconditional_error(given[0], args.checkpoint or args.run_dir)
+        return None, None
+    guidance = check_guidance(args.guidance if args.guidance is not None else 0.0, "--guidance")
+    classes = parse_classes(args.classes) if args.classes is not None else None
+    if args.per_class is None:
+        return pipe.labels(args.n, classes, args.seed), guidance
+    if args.per_class < 1:
+        raise UserError(f"--per-class {args.per_class}: must be at least 1")
+    rows = pipe.labels(len(classes), classes) if classes else np.arange(len(pipe.classes))
+    return np.repeat(rows, args.per_class), guidance
 
 
 def cmd_eval(args) -> int:
@@ -242,13 +307,16 @@ def cmd_eval(args) -> int:
         metrics=tuple(m.strip() for m in args.metrics.split(",") if m.strip()), n=args.n, nll_n=args.nll_n,
         ema=not args.no_ema, sampler=args.sampler, steps=args.steps, eta=args.eta, batch_size=args.batch_size,
         seed=args.seed, inception=args.inception, features=args.features,
-        device=None if args.device == "auto" else args.device, progress=not args.no_progress, out_dir=out.parent)
+        device=None if args.device == "auto" else args.device, progress=not args.no_progress, out_dir=out.parent,
+        classes=args.classes, guidance=args.guidance)
     result = evaluate(request)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for key, value in result.items():
         if isinstance(value, float):
             print(f"{key:>26}  {value:.4f}")
+        elif isinstance(value, dict) and key == "acc_per_class":
+            print(f"{key:>26}  " + ", ".join(f"{k}: {v:.3f}" for k, v in value.items()))
         elif key not in ("memorisation_detail",):
             print(f"{key:>26}  {value}")
     print(f"wrote {out}")
@@ -275,10 +343,30 @@ def _load_run(args):
                 device=None if args.device == "auto" else args.device)
 
 
+def _guided_run(pipe, args, n: int, per_batch: int):
+    """The pipeline with --class/--guidance applied (one class, or a list cycled over n <= per_batch samples);
+    without --class a conditional run uses its "no class" token, the unconditional model."""
+    from .classes import parse_classes, unconditional_error
+    from .guidance import check_guidance
+
+    if args.classes is None and args.guidance is None:
+        return pipe
+    if pipe.classes is None:
+        raise unconditional_error("--class" if args.classes is not None else "--guidance", args.run_dir)
+    if args.classes is None:
+        raise UserError("--guidance needs --class: guidance pushes towards a class (e.g. --class 3)")
+    labels = pipe.labels(n, parse_classes(args.classes))
+    if len(set(labels.tolist())) > 1 and n > per_batch:
+        raise UserError(f"--class with several classes: one batch must hold every sample here; use --n <= {per_batch} "
+                        "or one class")
+    guidance = check_guidance(args.guidance if args.guidance is not None else 0.0, "--guidance")
+    return pipe.guided(labels if n <= per_batch else labels[:1], guidance)
+
+
 def cmd_trajectory(args) -> int:
     from .figures.generation import save_trajectory, trajectory
 
-    pipe = _load_run(args)
+    pipe = _guided_run(_load_run(args), args, args.n, args.batch_size)
     traj = trajectory(pipe, args.n, args.columns, seed=args.seed, batch_size=args.batch_size,
                       progress=not args.no_progress)
     out = args.out or (args.run_dir / "trajectory.png")
@@ -292,7 +380,9 @@ def cmd_interpolate(args) -> int:
     from .figures.inputs import dataset_for, image_from_dataset, image_from_file
     from .figures.interpolation import interpolate, save_interpolation
 
-    pipe = _load_run(args)
+    if args.classes is not None and "," in args.classes:
+        raise UserError(f"--class {args.classes}: interpolate decodes every λ with one class; give one class")
+    pipe = _guided_run(_load_run(args), args, 1, 1)  # one class for every λ: the decodes are one batch each
     if args.data is not None:
         ds = dataset_for(pipe, args.data, args.split)
         a, b = (image_from_dataset(ds, value, flag, args.split) for value, flag in ((args.a, "--a"), (args.b, "--b")))

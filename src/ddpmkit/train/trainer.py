@@ -34,10 +34,13 @@ from ..data import ImageDataset, check_enough, from_model_range, load_dataset, t
 from ..errors import ConfigError, UserError
 from ..fileio import atomic_path
 from ..figures.grid import plot_loss, save_grid
+from ..guidance import ClassifierFreeGuidance
 from ..pipeline import build_diffusion, build_model
+from . import conditional as cond
 from . import distributed
 from .checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .ema import EMA
+from .autoconfig import describe_network, format_duration
 from .faults import fault_point
 from .importance import ImportanceTimesteps, timestep_sampler
 
@@ -73,7 +76,9 @@ class Trainer:
     """`Trainer(config, run_dir).run()` trains, checkpoints and samples; see `ddpm train`."""
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False,
-                 device: str = "auto", progress: bool = True, dataset: ImageDataset | None = None):
+                 device: str = "auto", progress: bool = True, dataset: ImageDataset | None = None,
+                 conditional: bool = False):
+        """conditional: set model.num_classes from the data's labels (`ddpm train --conditional`)."""
         self.config, self.run_dir = config, Path(run_dir)
         self.resume, self.force, self.progress = resume, force, progress
         self.dist = distributed.setup(device)
@@ -84,6 +89,9 @@ class Trainer:
         self.data = dataset or load_dataset(d.spec, image_size=d.image_size, channels=d.channels,
                                             skip_bad=d.skip_bad)
         check_enough(self.data, c.batch_size)
+        config, self.classes = cond.prepare(config, self.data, conditional)  # model.num_classes from the labels
+        self.config = config
+        self.labels = torch.from_numpy(self.data.labels) if self.classes is not None else None
         self.images = torch.from_numpy(self.data.images)  # (N, H, W, C) uint8, kept as is until a batch needs it
         self.order = BatchOrder(len(self.data), c.batch_size, c.seed)
         self.diffusion = build_diffusion(config).to(self.dist.device)
@@ -119,8 +127,11 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def _meta(self) -> dict:
-        return {"run": self.config.to_dict(), "image_size": self.data.image_size, "channels": self.data.channels,
+        meta = {"run": self.config.to_dict(), "image_size": self.data.image_size, "channels": self.data.channels,
                 "data": {"name": self.data.name, "num_images": len(self.data)}}
+        if self.classes is not None:
+            meta["classes"] = self.classes.to_dict()
+        return meta
 
     def _restore(self) -> None:
         """Continue from the newest valid checkpoint (with --resume), or refuse to overwrite an existing run."""
@@ -138,6 +149,7 @@ class Trainer:
                 raise UserError(f"{self.ckpt_dir}: no checkpoint there is valid (see the warnings); cannot resume")
             self._say(f"no checkpoint in {self.ckpt_dir} yet: starting from step 0")
             return
+        cond.check_resume(ckpt.config or {}, self.classes, ckpt.path)
         self._check_same_run(ckpt.config or {}, ckpt.path)
         for name in ("model", "ema"):  # a --force'd change of model size ends here, with the keys named
             check_weights_fit(self.model, ckpt.weights[name], f"{ckpt.path}/{name}.safetensors")
@@ -202,7 +214,7 @@ class Trainer:
         amp = (torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
                if self.autocast_dtype is not None else nullcontext())
         with amp:
-            terms = self.diffusion.training_loss(self.net, x0, t, noise, loss=c.loss, t_weight=weight,
+            terms = self.diffusion.training_loss(self._net_for(step), x0, t, noise, loss=c.loss, t_weight=weight,
                                                  hybrid_lambda=c.hybrid_lambda, return_terms=True)
             loss = terms["loss"].mean()  # line 5
         loss_value = float(loss.detach())
@@ -222,11 +234,22 @@ class Trainer:
             self.timesteps.update(*distributed.gather(self.dist, t, terms["vb"]))
         return loss_value, True
 
+    def _net_for(self, step: int):
+        """The net as Diffusion calls it: model(x_t, t), with this step's (dropped) labels for a conditional run."""
+        if self.classes is None:
+            return self.net
+        c, n = self.config.train, self.dist.world_size
+        part = slice(self.dist.rank * c.batch_size // n, (self.dist.rank + 1) * c.batch_size // n)
+        y = cond.step_labels(self.labels, self.order.indices(step), c.label_dropout, step_seed(c.seed, step, 4),
+                             part, self.dist.device)
+        return cond.labelled(self.net, y)
+
     # --- the loop -------------------------------------------------------------------------------------------
 
     def run(self) -> dict:
         """Train to `train.steps`; returns {"step", "checkpoint", "interrupted", "samples"}."""
         try:
+            self.say(describe_network(self.model, self.config, self.data))
             self._restore()
             self._prepare_run_dir()
             with _StopOnSignals(self):
@@ -240,6 +263,8 @@ class Trainer:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.run_dir / "config.toml", to_toml(self.config))
+            if self.classes is not None:
+                cond.write_classes(self.run_dir, self.classes)
         except OSError as err:
             raise UserError(f"--out {self.run_dir}: cannot write there ({err.strerror or err})") from None
         _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
@@ -250,6 +275,7 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         logger = _MetricsLog(self.run_dir, self.dist.is_main, c.batch_size, c.log_every)
         last_saved, checkpoint = self.step, None
+        eta = _RunTimeEstimate(self.step, c.steps, self.say)
         while self.step < c.steps:
             # a signal may reach one rank only: all ranks agree before the step whether to stop
             (stop,) = distributed.any_true(self.dist, self.stop_signal is not None)
@@ -273,6 +299,7 @@ class Trainer:
             if self.step % c.sample_every == 0 or self.step == c.steps:
                 self.write_samples()
             logger.t0 += time.perf_counter() - paused  # images/s counts training time only
+            eta.after_step(self.step, time.perf_counter() - paused)
         if self.stop_signal is not None and last_saved != self.step:
             checkpoint = self._save()
         bar.close()
@@ -289,7 +316,10 @@ class Trainer:
         c, s = self.config.train, self.config.sample
         gen = torch.Generator().manual_seed(c.seed)
         shape = (c.num_samples, self.data.channels, self.data.image_size, self.data.image_size)
-        x = self.diffusion.sample(self.ema.model, shape, sampler=s.sampler, steps=s.steps, eta=s.eta,
+        model = self.ema.model
+        if self.classes is not None:  # row-major, the classes in turn, unguided
+            model = ClassifierFreeGuidance(model, torch.arange(c.num_samples) % len(self.classes.names))
+        x = self.diffusion.sample(model, shape, sampler=s.sampler, steps=s.steps, eta=s.eta,
                                   generator=gen, progress=False)
         images = from_model_range(x.cpu()).numpy()
         save_grid(images, self.run_dir / "samples" / f"step_{self.step:09d}.png")
@@ -297,6 +327,12 @@ class Trainer:
         if (self.run_dir / "metrics.jsonl").exists():
             plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         distributed.barrier(self.dist)
+
+    def say(self, text: str) -> None:
+        """A line on stdout from the main process: what the run uses and how long it takes (stderr is for
+        warnings and the one line of an error)."""
+        if self.dist.is_main:
+            tqdm.write(text, file=sys.stdout)
 
     def _say(self, text: str) -> None:
         if self.dist.is_main:
@@ -374,6 +410,27 @@ def _tensorboard(run_dir: Path):
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(run_dir / "tb"))
+
+
+class _RunTimeEstimate:
+    """After the first few steps, one line: the measured time per step and what the remaining steps will take."""
+
+    STEPS = 5  # measured after the first step (warm-up, allocation) of this process
+
+    def __init__(self, start: int, total: int, say):
+        self.start, self.total, self.say, self.t0, self.paused = start, total, say, None, 0.0
+
+    def after_step(self, step: int, paused: float) -> None:
+        if step == self.start + 1:
+            self.t0, self.paused = time.perf_counter(), 0.0
+            return
+        self.paused += paused  # the time this step spent on grids and checkpoints
+        if self.t0 is not None and step == self.start + 1 + self.STEPS:
+            rate = (time.perf_counter() - self.t0 - self.paused) / self.STEPS
+            left = self.total - step
+            self.say(f"{rate:.3f} s/step over steps {self.start + 2}-{step}: about {format_duration(rate * left)} "
+                     f"for the remaining {left} steps (sample grids and checkpoints come on top)")
+            self.t0 = None
 
 
 class _StopOnSignals:
