@@ -216,6 +216,10 @@ def evaluate(request: EvalRequest) -> dict:
         from ..pipeline import load
 
         pipe = load(request.checkpoint or request.run_dir, ema=request.ema, device=request.device)
+        if pipe.classes is None and (request.classes is not None or request.guidance is not None):
+            from ..classes import unconditional_error
+
+            raise unconditional_error("--class" if request.classes is not None else "--guidance", request.run_dir)
         if request.data is None:
             request.data = pipe.config.data.spec
     real = load_dataset(request.data, split=request.split, **_data_options(request, pipe))

@@ -18,12 +18,13 @@ DATA_PRESETS = {"digits": "digits", "fashion-mnist": "fashion_mnist", "fashion_m
 
 def sized_model(image_size: int) -> dict:
     """model.* for images of this size: levels halve the size while it stays even and >= 4 (at most 4 levels);
-    attention at the largest level resolution <= 16 (the paper's 16 of 32); ch 32 up to 16 pixels, else 64."""
+    attention at the largest level resolution below the input's and <= 16 (the paper's 16 of 32; 14 of 28 and 4 of
+    8 as the mnist28 and digits presets); ch 32 up to 16 pixels, else 64."""
     levels = 1
     while levels < 4 and image_size % 2**levels == 0 and image_size // 2**levels >= 4:
         levels += 1
     resolutions = [image_size // 2**i for i in range(levels)]
-    attn = max((r for r in resolutions if r <= 16), default=resolutions[-1])
+    attn = max((r for r in resolutions[1:] if r <= 16), default=resolutions[-1])
     return {"model.ch": 32 if image_size <= 16 else 64, "model.ch_mult": [1] + [2] * (levels - 1),
             "model.attn_resolutions": [attn]}
 
