@@ -61,6 +61,46 @@ def labels_for(n: int, classes, names: Sequence[str], counts: Sequence[int] | No
     return np.resize(index, n)  # cycled
 
 
+def sample_labels(pipe, classes: str | None, per_class: int | None, guidance: float | None, *, n: int,
+                  seed: int, where) -> tuple[np.ndarray | None, float | None]:
+    """`ddpm sample`'s (labels (n,) or None, guidance w) from --class, --per-class and --guidance."""
+    from .guidance import check_guidance
+
+    given = [f for f, v in (("--class", classes), ("--per-class", per_class), ("--guidance", guidance)) if v is not None]
+    if pipe.classes is None:
+        if given:
+            raise unconditional_error(given[0], where)
+        return None, None
+    w = check_guidance(guidance if guidance is not None else 0.0, "--guidance")
+    parsed = parse_classes(classes) if classes is not None else None
+    if per_class is None:
+        return pipe.labels(n, parsed, seed), w
+    if per_class < 1:
+        raise ConfigError(f"--per-class {per_class}: must be at least 1")
+    rows = pipe.labels(len(parsed), parsed) if parsed else np.arange(len(pipe.classes))
+    return np.repeat(rows, per_class), w
+
+
+def guided_pipeline(pipe, classes: str | None, guidance: float | None, *, n: int, per_batch: int, where):
+    """The pipeline with --class/--guidance applied: one class, or a list cycled over n <= per_batch samples (one
+    batch). Without --class a conditional run keeps its plain net, whose default label is the "no class" token:
+    the unconditional model."""
+    from .guidance import check_guidance
+
+    if classes is None and guidance is None:
+        return pipe
+    if pipe.classes is None:
+        raise unconditional_error("--class" if classes is not None else "--guidance", where)
+    if classes is None:
+        raise ConfigError("--guidance needs --class: guidance pushes towards a class (e.g. --class 3)")
+    labels = pipe.labels(n, parse_classes(classes))
+    if len(set(labels.tolist())) > 1 and n > per_batch:
+        raise ConfigError(f"--class with several classes: one batch must hold every sample here; use --n <= "
+                          f"{per_batch} or one class")
+    w = check_guidance(guidance if guidance is not None else 0.0, "--guidance")
+    return pipe.guided(labels if n <= per_batch else labels[:1], w)
+
+
 def _show(names: Sequence[str]) -> str:
     shown = ", ".join(f"{i}={n}" for i, n in enumerate(names[:12]))
     return shown + (f", ... ({len(names)} in all)" if len(names) > 12 else "")

@@ -222,6 +222,13 @@ def _train_config(args):
 
 def cmd_train(args) -> int:
     config, which, data = _train_config(args)
+    if args.dry_run and args.conditional:  # show the num_classes that the labels give
+        from .data import load_dataset
+        from .train.conditional import prepare
+
+        d = config.data
+        data = data or load_dataset(d.spec, image_size=d.image_size, channels=d.channels, skip_bad=d.skip_bad)
+        config, _ = prepare(config, data, True)
     if args.dry_run:
         print(f"# {which}\n{to_toml(config)}", end="")
         return 0
@@ -273,23 +280,10 @@ def cmd_sample(args) -> int:
 
 def _sample_labels(args, pipe):
     """(labels (n,) or None, guidance) for ddpm sample; refuses class options for an unconditional run."""
-    from .classes import parse_classes, unconditional_error
-    from .guidance import check_guidance
+    from .classes import sample_labels
 
-    given = [f for f, v in (("--class", args.classes), ("--per-class", args.per_class), ("--guidance", args.guidance))
-             if v is not None]
-    if pipe.classes is None:
-        if given:
-            raise unconditional_error(given[0], args.checkpoint or args.run_dir)
-        return None, None
-    guidance = check_guidance(args.guidance if args.guidance is not None else 0.0, "--guidance")
-    classes = parse_classes(args.classes) if args.classes is not None else None
-    if args.per_class is None:
-        return pipe.labels(args.n, classes, args.seed), guidance
-    if args.per_class < 1:
-        raise UserError(f"--per-class {args.per_class}: must be at least 1")
-    rows = pipe.labels(len(classes), classes) if classes else np.arange(len(pipe.classes))
-    return np.repeat(rows, args.per_class), guidance
+    return sample_labels(pipe, args.classes, args.per_class, args.guidance, n=args.n, seed=args.seed,
+                         where=args.checkpoint or args.run_dir)
 
 
 def cmd_eval(args) -> int:
@@ -344,23 +338,10 @@ def _load_run(args):
 
 
 def _guided_run(pipe, args, n: int, per_batch: int):
-    """The pipeline with --class/--guidance applied (one class, or a list cycled over n <= per_batch samples);
-    without --class a conditional run uses its "no class" token, the unconditional model."""
-    from .classes import parse_classes, unconditional_error
-    from .guidance import check_guidance
+    """The pipeline with --class/--guidance applied (classes.guided_pipeline)."""
+    from .classes import guided_pipeline
 
-    if args.classes is None and args.guidance is None:
-        return pipe
-    if pipe.classes is None:
-        raise unconditional_error("--class" if args.classes is not None else "--guidance", args.run_dir)
-    if args.classes is None:
-        raise UserError("--guidance needs --class: guidance pushes towards a class (e.g. --class 3)")
-    labels = pipe.labels(n, parse_classes(args.classes))
-    if len(set(labels.tolist())) > 1 and n > per_batch:
-        raise UserError(f"--class with several classes: one batch must hold every sample here; use --n <= {per_batch} "
-                        "or one class")
-    guidance = check_guidance(args.guidance if args.guidance is not None else 0.0, "--guidance")
-    return pipe.guided(labels if n <= per_batch else labels[:1], guidance)
+    return guided_pipeline(pipe, args.classes, args.guidance, n=n, per_batch=per_batch, where=args.run_dir)
 
 
 def cmd_trajectory(args) -> int:

@@ -3,11 +3,13 @@
     digits -> digits preset     fashion-mnist -> fashion_mnist preset     a CIFAR folder -> cifar10 (the paper's)
     any other data: the digits preset's training settings with a U-Net sized to the images (see `sized_model`).
 
-And the lines every run prints at its start: which config and which network (its parameters) it uses.
+And the lines every run prints: at its start which config and which network (its parameters) it uses, and after
+the first steps how long the rest will take at the measured rate.
 """
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 from ..config import RunConfig, load_config
@@ -65,3 +67,24 @@ def format_duration(seconds: float) -> str:
     h, rem = divmod(seconds, 3600)
     m, s = divmod(rem, 60)
     return f"{h} h {m:02d} min" if h else (f"{m} min {s:02d} s" if m else f"{s} s")
+
+
+class RunTimeEstimate:
+    """After the first few steps, one line: the measured time per step and what the remaining steps will take."""
+
+    STEPS = 5  # measured after the first step (warm-up, allocation) of this process
+
+    def __init__(self, start: int, total: int, say):
+        self.start, self.total, self.say, self.t0, self.paused = start, total, say, None, 0.0
+
+    def after_step(self, step: int, paused: float) -> None:
+        if step == self.start + 1:
+            self.t0, self.paused = time.perf_counter(), 0.0
+            return
+        self.paused += paused  # the time this step spent on grids and checkpoints
+        if self.t0 is not None and step == self.start + 1 + self.STEPS:
+            rate = (time.perf_counter() - self.t0 - self.paused) / self.STEPS
+            left = self.total - step
+            self.say(f"{rate:.3f} s/step over steps {self.start + 2}-{step}: about {format_duration(rate * left)} "
+                     f"for the remaining {left} steps (sample grids and checkpoints come on top)")
+            self.t0 = None

@@ -40,7 +40,7 @@ from . import conditional as cond
 from . import distributed
 from .checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .ema import EMA
-from .autoconfig import describe_network, format_duration
+from .autoconfig import RunTimeEstimate, describe_network
 from .faults import fault_point
 from .importance import ImportanceTimesteps, timestep_sampler
 
@@ -275,7 +275,7 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         logger = _MetricsLog(self.run_dir, self.dist.is_main, c.batch_size, c.log_every)
         last_saved, checkpoint = self.step, None
-        eta = _RunTimeEstimate(self.step, c.steps, self.say)
+        eta = RunTimeEstimate(self.step, c.steps, self.say)
         while self.step < c.steps:
             # a signal may reach one rank only: all ranks agree before the step whether to stop
             (stop,) = distributed.any_true(self.dist, self.stop_signal is not None)
@@ -410,27 +410,6 @@ def _tensorboard(run_dir: Path):
     except ImportError:  # tensorboard is optional
         return None
     return SummaryWriter(str(run_dir / "tb"))
-
-
-class _RunTimeEstimate:
-    """After the first few steps, one line: the measured time per step and what the remaining steps will take."""
-
-    STEPS = 5  # measured after the first step (warm-up, allocation) of this process
-
-    def __init__(self, start: int, total: int, say):
-        self.start, self.total, self.say, self.t0, self.paused = start, total, say, None, 0.0
-
-    def after_step(self, step: int, paused: float) -> None:
-        if step == self.start + 1:
-            self.t0, self.paused = time.perf_counter(), 0.0
-            return
-        self.paused += paused  # the time this step spent on grids and checkpoints
-        if self.t0 is not None and step == self.start + 1 + self.STEPS:
-            rate = (time.perf_counter() - self.t0 - self.paused) / self.STEPS
-            left = self.total - step
-            self.say(f"{rate:.3f} s/step over steps {self.start + 2}-{step}: about {format_duration(rate * left)} "
-                     f"for the remaining {left} steps (sample grids and checkpoints come on top)")
-            self.t0 = None
 
 
 class _StopOnSignals:
