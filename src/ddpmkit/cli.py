@@ -6,6 +6,7 @@ A user's mistake (UserError, or a bad flag) is printed as one line on stderr and
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -389,8 +390,11 @@ def cmd_rate_distortion(args) -> int:
     else:
         ds = dataset_for(pipe, args.data, args.split)
         images = ds.images[: args.n]
-        curve = rate_distortion(pipe, images, batch_size=args.batch_size, seed=args.seed,
-                                progress=not args.no_progress)
+        from .evaluate.conditional import nll_model
+
+        model, one_batch = nll_model(pipe, ds, len(images))  # a conditional run: the bound given each label
+        curve = rate_distortion(dataclasses.replace(pipe, model=model), images, seed=args.seed,
+                                batch_size=one_batch or args.batch_size, progress=not args.no_progress)
         source = f"{len(images)} images of {ds.name} ({args.split})"
     out = args.out or (args.run_dir / "rate_distortion.png")
     csv = args.csv or out.with_suffix(".csv")

@@ -250,6 +250,12 @@ def test_trajectory_and_interpolate_take_class_and_guidance(cond_run, tmp_path):
                  "--lambdas", "3", "--class", "5", "--guidance", "0.5", "--out", str(tmp_path / "i.png"),
                  "--no-progress"]) == 0
     assert (tmp_path / "t.png").is_file() and (tmp_path / "i.png").is_file()
+    # rate-distortion of a conditional run is its conditional bound, the same as eval's nll
+    assert main(["rate-distortion", str(cond_run), "--n", "4", "--out", str(tmp_path / "rd.png"), "--no-progress"]) == 0
+    assert main(["eval", str(cond_run), "--metrics", "nll", "--nll-n", "4", "--json", str(tmp_path / "e.json"),
+                 "--no-progress"]) == 0
+    rate = float((tmp_path / "rd.csv").read_text().strip().splitlines()[-1].split(",")[1])
+    assert abs(rate - json.loads((tmp_path / "e.json").read_text())["nll_bpd"]) < 1e-3
 
 
 TORCHRUN = Path(sys.executable).with_name("torchrun")
