@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import dataclasses
 import signal
 import sys
 from pathlib import Path
@@ -50,6 +51,9 @@ def _add_train(sub) -> None:
     p.add_argument("--skip-bad", action="store_true", default=None, help="skip unreadable images (counted)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any config value, e.g. train.warmup=500")
+    p.add_argument("--conditional", action="store_true",
+                   help="class-conditional: model.num_classes from the data's labels, trained with label dropout "
+                        "(train.label_dropout, default 0.1) so guidance works")
     p.add_argument("--dry-run", action="store_true", help="print the resolved config and exit")
     p.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, cuda:N")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -100,6 +104,19 @@ def _add_sample(sub) -> None:
     p.add_argument("--no-ema", action="store_true", help="use the training weights instead of the EMA")
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
+    _add_class_options(p)
+    p.add_argument("--per-class", type=int, metavar="K",
+                   help="conditional run: K samples of each class (or of each --class), one labelled row per class")
+
+
+def _add_class_options(p) -> None:
+    """--class and --guidance, for a conditional run (ddpm train --conditional)."""
+    p.add_argument("--class", dest="classes", metavar="C",
+                   help="conditional run: a class index or name, or a comma list cycled over the samples "
+                        "(default: the training data's proportions)")
+    p.add_argument("--guidance", type=float, metavar="W",
+                   help="classifier-free guidance weight w >= 0 (default 0: the conditional model); "
+                        "eps = (1 + w) eps(x, c) - w eps(x); diffusers' guidance_scale = 1 + w")
 
 
 def _add_eval(sub) -> None:
@@ -107,7 +124,8 @@ def _add_eval(sub) -> None:
     p.add_argument("run_dir", nargs="?", type=Path, help="a run directory (or use --samples alone)")
     p.add_argument("--data", help="the real data set (default: the run's own)")
     p.add_argument("--split", default="test", help="real split to compare with (default test)")
-    p.add_argument("--metrics", default="nll,fid,pr", help="comma list of nll,fid,is,pr,memo (default nll,fid,pr)")
+    p.add_argument("--metrics", default="nll,fid,pr",
+                   help="comma list of nll,fid,is,pr,memo,acc (default nll,fid,pr); acc needs --features")
     p.add_argument("--n", type=int, default=1000, help="samples to generate for fid/is/pr/memo (default 1000)")
     p.add_argument("--nll-n", type=int, default=256, help="real images for the bound (default 256; all T terms each)")
     p.add_argument("--json", type=Path, help="write the results here (default RUN_DIR/eval.json)")
@@ -122,6 +140,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--device", default="auto")
     p.add_argument("--no-progress", action="store_true")
     _add_cache_options(p)
+    _add_class_options(p)
 
 
 def _add_train_classifier(sub) -> None:
@@ -160,6 +179,7 @@ def _add_trajectory(sub) -> None:
                         "both: a row of x_t above each row of x0")
     p.add_argument("--batch-size", type=int, default=16, help="samples per chain (the whole chain is kept; default 16)")
     _add_sampler_options(p, default="ancestral, all T steps (Algorithm 2, as Fig. 6)")
+    _add_class_options(p)
 
 
 def _add_interpolate(sub) -> None:
@@ -177,6 +197,7 @@ def _add_interpolate(sub) -> None:
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/interpolation.png)")
     _add_sampler_options(p, default="ancestral, all t steps (the reverse process, as Fig. 8)")
     _add_cache_options(p)
+    _add_class_options(p)
 
 
 def _add_rate_distortion(sub) -> None:
@@ -230,28 +251,52 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def resolve_train_config(args) -> RunConfig:
-    """The preset or file, then each flag, then each --set, in that order."""
+def resolve_train_config(args, base: RunConfig | None = None) -> RunConfig:
+    """The preset or file (or `base`), then each flag, then each --set, in that order."""
     values = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:
             raise UserError(f"--set {item}: expected KEY=VALUE, e.g. --set train.warmup=500")
         values[key.strip()] = parse_value(value.strip())
-    return load_config(args.config).with_values(values, source="--set")
+    return (base or load_config(args.config)).with_values(values, source="--set")
+
+
+def _train_config(args):
+    """(config, the line saying which config, the data set if it was read): --config, else chosen for --data."""
+    if args.config is not None:
+        return resolve_train_config(args), f"config: {args.config}", None
+    from .train.autoconfig import choose_config
+
+    base, why, data = choose_config(args.data, image_size=args.image_size, channels=args.channels,
+                                    skip_bad=bool(args.skip_bad), cache=_cache_arg(args))
+    return resolve_train_config(args, base), f"config: {why}", data
 
 
 def cmd_train(args) -> int:
-    config = resolve_train_config(args)
+    config, which, data = _train_config(args)
+    if args.dry_run and args.conditional:  # show the num_classes that the labels give
+        from .data import load_dataset
+        from .train.conditional import prepare
+
+        d = config.data
+        data = data or load_dataset(d.spec, image_size=d.image_size, channels=d.channels, skip_bad=d.skip_bad,
+                                    cache=_cache_arg(args))
+        config, _ = prepare(config, data, True)
     if args.dry_run:
-        print(to_toml(config), end="")
+        print(f"# {which}\n{to_toml(config)}", end="")
         return 0
     from .train.trainer import Trainer
 
     if args.prefetch < 0:
         raise UserError(f"--prefetch {args.prefetch}: must be 0 (off) or more batches")
-    result = Trainer(config, args.out, resume=args.resume, force=args.force, device=args.device,
-                     progress=not args.no_progress, cache=_cache_arg(args), prefetch=args.prefetch).run()
+    if data is not None and (config.data.image_size, config.data.channels) != (args.image_size, args.channels):
+        data = None  # a --set changed how the data is read: the trainer reads it again
+    trainer = Trainer(config, args.out, resume=args.resume, force=args.force, device=args.device,
+                      progress=not args.no_progress, cache=_cache_arg(args), prefetch=args.prefetch,
+                      conditional=args.conditional, dataset=data)
+    trainer.say(which)
+    result = trainer.run()
     quiet = not result.get("is_main", True)  # under torchrun only rank 0 reports
     if result["interrupted"]:
         if not quiet:
@@ -274,17 +319,35 @@ def cmd_sample(args) -> int:
     pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
                 device=None if args.device == "auto" else args.device)
     sampler, steps, _, spacing = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
-    images = pipe.sample(args.n, sampler=sampler, steps=steps, eta=args.eta, spacing=spacing, seed=args.seed,
-                         batch_size=args.batch_size, progress=not args.no_progress)
+    labels, guidance = _sample_labels(args, pipe)
+    n = args.n if labels is None else len(labels)
+    images = pipe.sample(n, sampler=sampler, steps=steps, eta=args.eta, spacing=spacing, seed=args.seed,
+                         batch_size=args.batch_size, progress=not args.no_progress, classes=labels, guidance=guidance)
     out = args.out or (args.run_dir / "sample_grid.png")
-    save_grid(images, out)
-    print(f"wrote {out} ({args.n} samples, step {pipe.step}; {sampler}, {steps or pipe.diffusion.num_timesteps} "
-          f"steps, {spacing} spacing, {pipe.nfe(sampler, steps)} NFE per sample)")
+    if args.per_class is not None:
+        from .figures.classgrid import save_class_grid
+
+        save_class_grid(images, [pipe.classes[i] for i in labels[::args.per_class]], args.per_class, out)
+    else:
+        save_grid(images, out)
+    w = f", guidance w = {guidance:g}" if guidance else ""
+    doubled = " on a doubled batch (guided)" if guidance else ""
+    print(f"wrote {out} ({n} samples, step {pipe.step}{w}; {sampler}, {steps or pipe.diffusion.num_timesteps} "
+          f"steps, {spacing} spacing, {pipe.nfe(sampler, steps)} NFE per sample{doubled})")
     if args.npz:
         args.npz.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(args.npz, arr_0=images)
-        print(f"wrote {args.npz}: uint8 {images.shape}, key arr_0")
+        arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": labels}
+        np.savez(args.npz, **arrays)
+        print(f"wrote {args.npz}: uint8 {images.shape}, key arr_0" + ("" if labels is None else ", labels arr_1"))
     return 0
+
+
+def _sample_labels(args, pipe):
+    """(labels (n,) or None, guidance) for ddpm sample; refuses class options for an unconditional run."""
+    from .classes import sample_labels
+
+    return sample_labels(pipe, args.classes, args.per_class, args.guidance, n=args.n, seed=args.seed,
+                         where=args.checkpoint or args.run_dir)
 
 
 def cmd_eval(args) -> int:
@@ -304,13 +367,15 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed, inception=args.inception, features=args.features,
         device=None if args.device == "auto" else args.device, progress=not args.no_progress, out_dir=out.parent,
-        cache=_cache_arg(args))
+        cache=_cache_arg(args), classes=args.classes, guidance=args.guidance)
     result = evaluate(request)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
     for key, value in result.items():
         if isinstance(value, float):
             print(f"{key:>26}  {value:.4f}")
+        elif isinstance(value, dict) and key == "acc_per_class":
+            print(f"{key:>26}  " + ", ".join(f"{k}: {v:.3f}" for k, v in value.items()))
         elif key not in ("memorisation_detail",):
             print(f"{key:>26}  {value}")
     print(f"wrote {out}")
@@ -341,12 +406,17 @@ def _sampler_kwargs(args) -> dict:
     """The sampler options given on the command line (the figure functions default the rest)."""
     given = {"sampler": args.sampler, "steps": args.steps, "spacing": args.spacing, "eta": args.eta}
     return {k: v for k, v in given.items() if v is not None}
+def _guided_run(pipe, args, n: int, per_batch: int):
+    """The pipeline with --class/--guidance applied (classes.guided_pipeline)."""
+    from .classes import guided_pipeline
+
+    return guided_pipeline(pipe, args.classes, args.guidance, n=n, per_batch=per_batch, where=args.run_dir)
 
 
 def cmd_trajectory(args) -> int:
     from .figures.generation import save_trajectory, trajectory
 
-    pipe = _load_run(args)
+    pipe = _guided_run(_load_run(args), args, args.n, args.batch_size)
     traj = trajectory(pipe, args.n, args.columns, seed=args.seed, batch_size=args.batch_size,
                       progress=not args.no_progress, **_sampler_kwargs(args))
     out = args.out or (args.run_dir / "trajectory.png")
@@ -360,7 +430,9 @@ def cmd_interpolate(args) -> int:
     from .figures.inputs import dataset_for, image_from_dataset, image_from_file
     from .figures.interpolation import interpolate, save_interpolation
 
-    pipe = _load_run(args)
+    if args.classes is not None and "," in args.classes:
+        raise UserError(f"--class {args.classes}: interpolate decodes every λ with one class; give one class")
+    pipe = _guided_run(_load_run(args), args, 1, 1)  # one class for every λ: the decodes are one batch each
     if args.data is not None:
         ds = dataset_for(pipe, args.data, args.split, cache=_cache_arg(args))
         a, b = (image_from_dataset(ds, value, flag, args.split) for value, flag in ((args.a, "--a"), (args.b, "--b")))
@@ -387,8 +459,11 @@ def cmd_rate_distortion(args) -> int:
     else:
         ds = dataset_for(pipe, args.data, args.split, cache=_cache_arg(args))
         images = ds.images[: args.n]
-        curve = rate_distortion(pipe, images, batch_size=args.batch_size, seed=args.seed,
-                                progress=not args.no_progress)
+        from .evaluate.conditional import nll_model
+
+        model, one_batch = nll_model(pipe, ds, len(images))  # a conditional run: the bound given each label
+        curve = rate_distortion(dataclasses.replace(pipe, model=model), images, seed=args.seed,
+                                batch_size=one_batch or args.batch_size, progress=not args.no_progress)
         source = f"{len(images)} images of {ds.name} ({args.split})"
     out = args.out or (args.run_dir / "rate_distortion.png")
     csv = args.csv or out.with_suffix(".csv")

@@ -88,8 +88,13 @@ class ModelConfig:
     attn_resolutions: list[int] | None = None
     dropout: float | None = None
     num_groups: int | None = None  # GroupNorm groups (32 in the paper); an imported diffusers net may set another
+    # class-conditional with this many classes (a class embedding, [CFG]); None: unconditional, as the paper.
+    # `ddpm train --conditional` sets it from the labels of the data.
+    num_classes: int | None = None
 
     def __post_init__(self):
+        if self.num_classes is not None:
+            _positive("model", "num_classes", self.num_classes)
         if self.dropout is not None and not (isinstance(self.dropout, (int, float)) and 0 <= self.dropout < 1):
             raise ConfigError(f"model.dropout = {self.dropout!r}: must lie in [0, 1)")
         for name in ("ch", "num_res_blocks", "num_groups"):
@@ -126,6 +131,7 @@ class TrainConfig:
     keep_checkpoints: int = 3
     num_samples: int = 64  # images in each sample grid
     max_bad_losses: int = 3  # stop after this many non-finite losses in a row
+    label_dropout: float = 0.1  # conditional runs: share of labels replaced by the "no class" token [CFG Sec. 4]
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -145,6 +151,9 @@ class TrainConfig:
                               "importance sampling of t is for the bound alone [IDDPM Sec. 3.3]; use 'uniform'")
         _choice("train", "precision", self.precision, {"auto", "fp32", "bf16", "fp16"})
         _positive("train", "seed", self.seed, zero_ok=True)
+        if not (isinstance(self.label_dropout, (int, float)) and 0 <= self.label_dropout < 1):
+            raise ConfigError(f"train.label_dropout = {self.label_dropout!r}: must lie in [0, 1) (0.1 is the CFG "
+                              "paper's; 0 trains no unconditional model, so guidance would be meaningless)")
 
 
 @dataclass

@@ -10,6 +10,11 @@ is a softmax over the points; for a Gaussian mixture it is the responsibility-we
 linear-Gaussian posterior mean. The oracles are nn.Modules with the signature of the network, model(x_t, t), and
 output what `diffusion.parameterization` asks for, so they stand in for a trained network in every Diffusion
 method: the ideal baseline, and a way to test samplers and the bound with no training at all.
+
+Class-conditional: `gaussian_mixture(..., classes=[c_1, .., c_K])` gives each component a class. The oracle then
+takes labels, model(x_t, t, y), as a conditional network does, and denoises exactly under p(x_0 | c), the mixture of
+class c's components with their weights renormalised; the label NO_CLASS (-1), or y = None, means the whole
+mixture p(x_0). Wrapped in `guidance.ClassifierFreeGuidance` it is the exact guided model [CFG Eq. 6].
 """
 
 from __future__ import annotations
@@ -18,6 +23,8 @@ import torch
 from torch import nn
 
 from .diffusion import Diffusion
+from .errors import ConfigError
+from .models.unet import NO_CLASS
 
 
 class _Oracle(nn.Module):
@@ -33,15 +40,15 @@ class _Oracle(nn.Module):
         self.learned = diffusion.variance == "learned_range"
         self.learned_value = learned_value  # the v channel for learned_range: +1 is sigma^2 = beta, -1 is beta~
 
-    def posterior_mean(self, xt: torch.Tensor, alpha_bar: torch.Tensor) -> torch.Tensor:
-        """E[x_0 | x_t] for flattened float64 x_t (B, D) and alpha_bar (B, 1)."""
+    def posterior_mean(self, xt: torch.Tensor, alpha_bar: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
+        """E[x_0 | x_t] (or E[x_0 | x_t, c] for labels y) for flattened float64 x_t (B, D) and alpha_bar (B, 1)."""
         raise NotImplementedError
 
-    def forward(self, xt: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    def forward(self, xt: torch.Tensor, t: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
         t = torch.as_tensor(t, device=xt.device).long().expand(xt.shape[0])
         alpha_bar = self.alpha_bar[t].unsqueeze(1)  # (B, 1)
         flat = xt.reshape(xt.shape[0], -1).double()  # (B, D)
-        x0 = self.posterior_mean(flat, alpha_bar)
+        x0 = self.posterior_mean(flat, alpha_bar, y)
         a, s = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
         eps = (flat - a * x0) / s  # inverts Eq. 4
         out = {"eps": eps, "x0": x0, "v": a * eps - s * x0}[self.parameterization].reshape(xt.shape)
@@ -57,7 +64,9 @@ class FiniteSetOracle(_Oracle):
         super().__init__(diffusion, **kwargs)
         self.register_buffer("points", torch.as_tensor(points).reshape(len(points), -1).double())  # (N, D)
 
-    def posterior_mean(self, xt, alpha_bar):
+    def posterior_mean(self, xt, alpha_bar, y):
+        if y is not None:
+            raise ConfigError("finite_set oracle: it has no classes; use oracle.gaussian_mixture(..., classes=...)")
         # log q(x_t | x_i) up to terms constant in i: (sqrt(ab) <x_t, x_i> - ab |x_i|^2 / 2) / (1 - ab)
         logits = (alpha_bar.sqrt() * xt @ self.points.T - 0.5 * alpha_bar * (self.points**2).sum(1)) / (1 - alpha_bar)
         return torch.softmax(logits, dim=1) @ self.points  # (B, D)
@@ -66,7 +75,7 @@ class FiniteSetOracle(_Oracle):
 class GaussianMixtureOracle(_Oracle):
     """E[x_0 | x_t] when q(x_0) = sum_k w_k N(mu_k, diag(s_k^2)): closed form."""
 
-    def __init__(self, diffusion: Diffusion, means, stds, weights, **kwargs):
+    def __init__(self, diffusion: Diffusion, means, stds, weights, classes=None, **kwargs):
         super().__init__(diffusion, **kwargs)
         means = torch.as_tensor(means, dtype=torch.float64)
         means = means.reshape(len(means), -1)  # (K, D)
@@ -76,13 +85,33 @@ class GaussianMixtureOracle(_Oracle):
         self.register_buffer("means", means)
         self.register_buffer("var0", (stds**2).contiguous())
         self.register_buffer("log_weights", torch.log(weights / weights.sum()))
+        self.classes = None if classes is None else torch.as_tensor(classes, dtype=torch.int64).reshape(-1)
+        if self.classes is not None and (len(self.classes) != len(means) or bool((self.classes < 0).any())):
+            raise ConfigError(f"gaussian_mixture classes: need one class >= 0 per component ({len(means)}), got "
+                              f"{self.classes.tolist()}")
+        self.num_classes = None if self.classes is None else int(self.classes.max()) + 1
 
-    def posterior_mean(self, xt, alpha_bar):
+    def component_log_weights(self, y: torch.Tensor | None, batch: int) -> torch.Tensor:
+        """log p(k | c) (B, K): the weights of class c's components renormalised, -inf elsewhere; all for NO_CLASS."""
+        log_w = self.log_weights.expand(batch, -1)
+        if y is None:
+            return log_w
+        if self.classes is None:
+            raise ConfigError("gaussian_mixture oracle: labels given but no classes; pass classes=[...] per component")
+        y = torch.as_tensor(y, device=log_w.device).long().expand(batch).unsqueeze(1)  # (B, 1)
+        member = (self.classes.to(log_w.device) == y) | (y == NO_CLASS)  # (B, K)
+        if not bool(member.any(1).all()):
+            raise ConfigError(f"gaussian_mixture oracle: a label has no component; classes are "
+                              f"{sorted(set(self.classes.tolist()))} or {NO_CLASS} (no class)")
+        log_w = torch.where(member, log_w, torch.tensor(float("-inf"), dtype=log_w.dtype, device=log_w.device))
+        return log_w - torch.logsumexp(log_w, dim=1, keepdim=True)
+
+    def posterior_mean(self, xt, alpha_bar, y):
         a = alpha_bar.sqrt().unsqueeze(2)  # (B, 1, 1)
         var_t = alpha_bar.unsqueeze(2) * self.var0 + (1 - alpha_bar).unsqueeze(2)  # (B, K, D): marginal of x_t
         resid = xt.unsqueeze(1) - a * self.means  # (B, K, D)
         log_lik = -0.5 * ((resid**2) / var_t + torch.log(var_t)).sum(2)  # (B, K), 2 pi dropped
-        resp = torch.softmax(self.log_weights + log_lik, dim=1)  # p(k | x_t)
+        resp = torch.softmax(self.component_log_weights(y, len(xt)) + log_lik, dim=1)  # p(k | x_t[, c])
         x0_k = self.means + a * self.var0 / var_t * resid  # E[x_0 | x_t, k]: Gaussian conditioning
         return (resp.unsqueeze(2) * x0_k).sum(1)
 
@@ -98,6 +127,10 @@ def finite_set(diffusion: Diffusion, points: torch.Tensor, **kwargs) -> FiniteSe
     return FiniteSetOracle(diffusion, points, **kwargs)
 
 
-def gaussian_mixture(diffusion: Diffusion, means, stds, weights, **kwargs) -> GaussianMixtureOracle:
-    """The optimal denoiser for a Gaussian mixture: means (K, D), stds (K,) or (K, D), weights (K,)."""
-    return GaussianMixtureOracle(diffusion, means, stds, weights, **kwargs)
+def gaussian_mixture(diffusion: Diffusion, means, stds, weights, *, classes=None, **kwargs) -> GaussianMixtureOracle:
+    """The optimal denoiser for a Gaussian mixture: means (K, D), stds (K,) or (K, D), weights (K,).
+
+    classes (K,): the class of each component (integers from 0); then model(x_t, t, y) denoises under p(x_0 | y),
+    and y = NO_CLASS (-1) or None under the whole mixture.
+    """
+    return GaussianMixtureOracle(diffusion, means, stds, weights, classes=classes, **kwargs)

@@ -2,11 +2,12 @@
 
     pipe = ddpmkit.load("runs/digits")          # a run directory or one checkpoint folder
     images = pipe.sample(16, steps=100)          # uint8 (16, H, W, C)
+    images = pipe.sample(16, classes=[3] * 16, guidance=2.0)   # a conditional run, guided [CFG Eq. 6]
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,23 +51,60 @@ class Pipeline:
     channels: int
     step: int
     checkpoint: Path
+    classes: list[str] | None = None  # a conditional run's class names (label order); None: unconditional
+    class_counts: list[int] | None = None  # images per class in its training data
+
+    def labels(self, n: int, classes=None, seed: int | None = 0) -> np.ndarray:
+        """The int64 (n,) labels that sample(n, classes=classes, seed=seed) uses: one class (index or name) or a
+        list cycled over the samples; None draws them in the training data's proportions (seeded)."""
+        from .classes import labels_for, unconditional_error
+
+        if self.classes is None:
+            raise unconditional_error("classes", self.checkpoint)
+        return labels_for(n, classes, self.classes, self.class_counts, seed)
+
+    def guided(self, classes, guidance: float = 0.0) -> "Pipeline":
+        """This pipeline with `.model` = ClassifierFreeGuidance(model, labels, w) [CFG Eq. 6]: for the Diffusion
+        methods and figures (trajectory, interpolate, the bound) that call pipe.model(x_t, t). `classes` holds the
+        labels of a batch (B,) or one label for all (index, name, or NO_CLASS = -1)."""
+        from .classes import class_index, unconditional_error
+        from .guidance import ClassifierFreeGuidance
+
+        if self.classes is None:
+            raise unconditional_error("--class/--guidance", self.checkpoint)
+        if isinstance(classes, (torch.Tensor, np.ndarray)):
+            classes = classes.reshape(-1).tolist()
+        seq = [classes] if isinstance(classes, (str, int, np.integer)) else list(classes)
+        labels = [class_index(c, self.classes) for c in seq]
+        return replace(self, model=ClassifierFreeGuidance(self.model, labels, guidance))
 
     @torch.no_grad()
     def sample(self, n: int, *, sampler: str | None = None, steps: int | None = None, eta: float | None = None,
                spacing: str | None = None, seed: int | None = 0, batch_size: int = 256, progress: bool = False,
-               return_tensor: bool = False) -> np.ndarray | torch.Tensor:
+               return_tensor: bool = False, classes=None, guidance: float | None = None) -> np.ndarray | torch.Tensor:
         """n samples as uint8 (n, H, W, C), or as a float tensor in [-1, 1] (n, C, H, W) with return_tensor.
 
         Sampler, steps, eta and spacing default to the run's [sample] config; a seed makes the draw reproducible.
         An eta given for a sampler other than ddim is refused.
+        A conditional run: `classes` (one class, or a list cycled over the n samples; indices or names; None draws
+        them in the training data's proportions, see `labels`) and `guidance` w >= 0 (0: the conditional model;
+        diffusers' guidance_scale is 1 + w). An unconditional run refuses both.
         """
+        labels = None
+        if self.classes is not None:
+            labels = torch.from_numpy(self.labels(n, classes, seed))
+        elif classes is not None or guidance is not None:
+            from .classes import unconditional_error
+
+            raise unconditional_error("classes/guidance", self.checkpoint)
         sampler, steps, eta, spacing = self.sampler_settings(sampler, steps, eta, spacing)
         device = model_device(self.model)
         generator = None if seed is None else torch.Generator(device).manual_seed(seed)
         chunks = []
         for start in range(0, n, batch_size):
             shape = (min(batch_size, n - start), self.channels, self.image_size, self.image_size)
-            chunks.append(self.diffusion.sample(self.model, shape, sampler=sampler, steps=steps, eta=eta,
+            model = self.model if labels is None else self.guided(labels[start:start + shape[0]], guidance or 0).model
+            chunks.append(self.diffusion.sample(model, shape, sampler=sampler, steps=steps, eta=eta,
                                                 spacing=spacing, generator=generator, progress=progress).cpu())
         x = torch.cat(chunks) if chunks else torch.empty(0, self.channels, self.image_size, self.image_size)
         return x if return_tensor else from_model_range(x).numpy()
@@ -99,5 +137,6 @@ def load(path: str | Path, *, ema: bool = True, device: str | torch.device | Non
     model.load_state_dict(weights)
     device = pick_device(str(device) if device is not None else "auto")
     model = model.to(device).eval()
+    classes = run.checkpoint.config.get("classes") or {}
     return Pipeline(model, build_diffusion(run.config).to(device), run.config, run.image_size, run.channels,
-                    run.step, run.path)
+                    run.step, run.path, classes.get("names"), classes.get("counts"))

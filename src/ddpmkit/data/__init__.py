@@ -7,8 +7,9 @@ A folder of images may go through the decoded-image cache (cache.py, cache_build
 """
 
 from ddpmkit.data.cache import ImageCache
-from ddpmkit.data.dataset import ImageDataset, check_enough
+from ddpmkit.data.dataset import ImageDataset, check_enough, class_names_of
 from ddpmkit.data.loader import load_dataset
 from ddpmkit.data.ranges import from_model_range, to_model_range
 
-__all__ = ["ImageCache", "ImageDataset", "check_enough", "from_model_range", "load_dataset", "to_model_range"]
+__all__ = ["ImageCache", "ImageDataset", "check_enough", "class_names_of", "from_model_range", "load_dataset",
+           "to_model_range"]

@@ -31,4 +31,5 @@ def load_digits(*, image_size: int | None, channels: int | None, split: str) -> 
         images, labels = images[-DIGITS_TEST_SIZE:], labels[-DIGITS_TEST_SIZE:]
     elif split == "train":
         images, labels = images[:-DIGITS_TEST_SIZE], labels[:-DIGITS_TEST_SIZE]
-    return finish(images, labels, "digits", image_size=image_size, channels=channels)
+    return finish(images, labels, "digits", image_size=image_size, channels=channels,
+                  class_names=[str(i) for i in range(10)])

@@ -38,7 +38,7 @@ from ddpmkit.data.cache_build import (FORMAT, FORMAT_VERSION, IMAGES, LABELS, MA
                                       sha256_file, write_entry)
 from ddpmkit.data.common import one_line, show
 from ddpmkit.data.dataset import ImageDataset
-from ddpmkit.data.folder import list_files
+from ddpmkit.data.folder import class_subfolder_labels, list_files, split_folders
 from ddpmkit.errors import DataError, UserError
 from ddpmkit.fileio import default_cache_dir
 
@@ -107,12 +107,12 @@ def scan_source(root: Path, split: str, settings: dict) -> Source:
     return Source(root, split, files, stats, listing_skipped, settings)
 
 
-def folder_labels(files: list[Path]) -> np.ndarray | None:
-    """Labels of a folder's kept files: None, as folder.py decides for folders today (see its docstring).
-
-    The one place a folder label rule reaches the cache; the entry stores whatever this returns as labels.npy.
-    """
-    return None
+def folder_labels(root: Path, split: str, files: list[Path]) -> tuple[np.ndarray | None, list[str] | None]:
+    """Labels of a folder's kept files and the class names, by folder.py's rule (class subfolders, see its
+    docstring), or (None, None). The one place the folder label rule reaches the cache: the entry stores the labels
+    as labels.npy; the names come from the subfolders' names, listed again on every open."""
+    labels, names = class_subfolder_labels(split_folders(root, split), files)
+    return (None, None) if labels is None else (np.asarray(labels, dtype=np.int64), names)
 
 
 # --- reading an entry --------------------------------------------------------------------------------------------
@@ -209,12 +209,19 @@ def load_folder_cached(root: Path, name: str, *, image_size: int | None, channel
     source = scan_source(root, split, settings)
     entry = entry_path(cache.root, root, split)
     if not cache.builds:
-        return _wait_for_builder(entry, source, name, cache)
+        return _with_class_names(_wait_for_builder(entry, source, name, cache), source)
     try:
-        return _open_or_build(entry, source, name, cache)
+        return _with_class_names(_open_or_build(entry, source, name, cache), source)
     except BaseException as err:
         _note_failure(entry, cache, err)
         raise
+
+
+def _with_class_names(ds: ImageDataset, source: Source) -> ImageDataset:
+    """The class names of a labelled folder (its sorted class subfolders), as the in-memory path gives them."""
+    if ds.labels is not None:
+        ds.class_names = folder_labels(source.root, source.split, source.files)[1]
+    return ds
 
 
 def _open_or_build(entry: Path, source: Source, name: str, cache: ImageCache) -> ImageDataset:
@@ -228,7 +235,7 @@ def _open_or_build(entry: Path, source: Source, name: str, cache: ImageCache) ->
                 workers = cache.workers or len(os.sched_getaffinity(0))
                 try:
                     write_entry(entry, source, name, workers=workers, progress=cache.progress,
-                                labels_of=folder_labels)
+                                labels_of=lambda kept: folder_labels(source.root, source.split, kept)[0])
                 except OSError as err:
                     raise _write_error(entry, err) from None
                 ds, reason = open_entry(entry, source, name, verify=False)  # hashed while it was written

@@ -26,6 +26,8 @@ CIFAR10_FILES = {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["te
 CIFAR100_FILES = {"train": ["train"], "test": ["test"]}
 RELEASE_SUBFOLDERS = ("cifar-10-batches-py", "cifar-100-python")  # what the official archives unpack to
 SIDE = 32
+# batches.meta's label_names of CIFAR-10, in label order (Krizhevsky 2009)
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 LATIN1_NAMES = ("latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "iso8859_1")
 PICKLE_PROTO_OPCODE = b"\x80"  # protocol >= 2 pickles start with PROTO; CIFAR's were written with protocol 2
 
@@ -155,4 +157,16 @@ def load_cifar(folder: Path, name: str, *, image_size: int | None, channels: int
                          "download the complete 'python version' of CIFAR")
     parts = [(n, *read_batch(folder / n)) for n in names]
     images, labels = concat_parts(parts, folder, image_size=image_size, channels=channels)
-    return finish(images, labels, name, image_size=image_size, channels=channels)
+    return finish(images, labels, name, image_size=image_size, channels=channels,
+                  class_names=CIFAR10_CLASSES if layout is CIFAR10_FILES else cifar100_names(folder))
+
+
+def cifar100_names(folder: Path) -> list[str] | None:
+    """fine_label_names from CIFAR-100's "meta" file (read as safely as the batches), or None without one."""
+    if not (folder / "meta").is_file():
+        return None
+    meta = safe_load(folder / "meta")
+    names = meta.get("fine_label_names", meta.get(b"fine_label_names")) if isinstance(meta, dict) else None
+    if not isinstance(names, list) or len(names) != 100:
+        return None
+    return [n.decode("latin1") if isinstance(n, bytes) else str(n) for n in names]

@@ -104,7 +104,8 @@ def resize_images(images: np.ndarray, size: int) -> np.ndarray:
 
 
 def finish(images: np.ndarray, labels: np.ndarray | None, name: str, *, image_size: int | None,
-           channels: int | None, skipped: list[str] | None = None) -> ImageDataset:
+           channels: int | None, skipped: list[str] | None = None,
+           class_names: list[str] | None = None) -> ImageDataset:
     """Native uint8 (N, H, W, C) -> ImageDataset with the requested size and channels; checks it is usable."""
     if len(images) == 0:
         raise file_error(name, "holds no images", "check the path and the split")
@@ -119,7 +120,8 @@ def finish(images: np.ndarray, labels: np.ndarray | None, name: str, *, image_si
     if labels is not None:
         labels = labels.astype(np.int64)
     skipped = list(skipped or [])
-    return ImageDataset(np.ascontiguousarray(images), labels, name, len(skipped), skipped)
+    names = list(class_names) if class_names is not None and labels is not None else None
+    return ImageDataset(np.ascontiguousarray(images), labels, name, len(skipped), skipped, names)
 
 
 def concat_parts(parts: list[tuple[str, np.ndarray, np.ndarray | None]], source: str | os.PathLike, *,

@@ -15,13 +15,18 @@ from ddpmkit.errors import DataError
 
 @dataclass
 class ImageDataset:
-    """uint8 images (N, H, W, C) with optional int64 labels (N,), and what was skipped on the way in."""
+    """uint8 images (N, H, W, C) with optional int64 labels (N,), and what was skipped on the way in.
+
+    class_names: the name of each label index where the source names its classes (digits, Fashion-MNIST, CIFAR,
+    class subfolders); see `class_names_of` for the others.
+    """
 
     images: np.ndarray
     labels: np.ndarray | None
     name: str
     num_skipped: int = 0
     skipped: list[str] = field(default_factory=list)
+    class_names: list[str] | None = None
 
     def __post_init__(self) -> None:
         # These are the loaders' promises, so a violation is a bug in ddpmkit, not the user's mistake.
@@ -46,6 +51,15 @@ class ImageDataset:
     def channels(self) -> int:
         """1 for grey, 3 for RGB."""
         return int(self.images.shape[3])
+
+
+def class_names_of(ds: ImageDataset) -> list[str]:
+    """The names of the classes 0 .. K-1: the source's own, else the indices as text ("0", "1", ..); [] unlabelled."""
+    if ds.labels is None:
+        return []
+    if ds.class_names is not None:
+        return list(ds.class_names)
+    return [str(i) for i in range(int(ds.labels.max()) + 1 if len(ds.labels) else 0)]
 
 
 def check_enough(ds: ImageDataset, batch_size: int) -> None:

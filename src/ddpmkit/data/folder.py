@@ -5,8 +5,11 @@ Decisions:
   float and CMYK images mostly come as TIFF) and read in sorted relative-path order, so the data set is the same
   on every machine. Hidden files and folders (".DS_Store", "._x.png" from macOS, ".ipynb_checkpoints") are
   skipped. Symlinked folders are followed, each real folder once, so a link loop cannot hang the scan.
-- Labels are None: DDPM is unconditional, and subfolder names are as often dates or sources as classes, so turning
-  them into labels would be a guess.
+- Labels: when every image lies inside a subfolder of the split's folder (none loose beside them), each visible
+  subfolder is a class, as torchvision's ImageFolder reads it: the sorted subfolder names give the indices 0 .. K-1
+  and the class names, and an image's class is its first-level subfolder (found recursively inside it). A
+  subfolder with no images is still a class (with no images; `ddpm train --conditional` refuses that). Any other
+  layout has labels None. Unconditional training ignores labels, so reading them is never a guess that matters.
 - Splits: a folder with both "train" and "test" subfolders has those splits ("all" = both); any other folder is one
   split, returned for "train" and "all", while "test" is refused (pass the folder of test images instead).
 - Channels: without `channels`, the data set is grey if most files are single-channel modes, else RGB.
@@ -43,14 +46,17 @@ def load_folder(root: Path, name: str, *, image_size: int | None, channels: int 
                 skip_bad: bool) -> ImageDataset:
     """Every image under `root` (see module docstring for the rules)."""
     files, skipped = list_files(root, split, skip_bad)
-    return load_files(files, name, image_size=image_size, channels=channels, skip_bad=skip_bad, skipped=skipped)
+    labels, names = class_subfolder_labels(split_folders(root, split), files)
+    return load_files(files, name, image_size=image_size, channels=channels, skip_bad=skip_bad, skipped=skipped,
+                      labels=labels, class_names=names)
 
 
 def list_files(root: Path, split: str, skip_bad: bool) -> tuple[list[Path], list[str]]:
     """The image files of `split` under `root` in load order, and the skipped-folder messages (with skip_bad)."""
     skipped: list[str] = []
     files: list[Path] = []
-    for folder in split_folders(root, split):
+    folders = split_folders(root, split)
+    for folder in folders:
         files += find_images(folder, skipped if skip_bad else None)
     if not files and not skipped:
         raise file_error(root, f"no images found (looked for {' '.join(IMAGE_EXTENSIONS)} files, recursively)",
@@ -58,12 +64,32 @@ def list_files(root: Path, split: str, skip_bad: bool) -> tuple[list[Path], list
     return files, skipped
 
 
+def class_subfolder_labels(folders: list[Path], files: list[Path]) -> tuple[list[int] | None, list[str] | None]:
+    """(label of each file, sorted class names) when every file lies in a subfolder of its split folder, else None."""
+    names: set[str] = set()
+    first_parts: list[str] = []
+    for folder in folders:
+        names |= {p.name for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
+    for path in files:
+        parent = next(f for f in folders if path.is_relative_to(f))
+        parts = path.relative_to(parent).parts
+        if len(parts) < 2:
+            return None, None  # an image beside the subfolders: not a class layout
+        first_parts.append(parts[0])
+    ordered = sorted(names)
+    index = {n: i for i, n in enumerate(ordered)}
+    return [index[p] for p in first_parts], ordered
+
+
 def load_files(files: list[Path], name: str, *, image_size: int | None, channels: int | None, skip_bad: bool,
-               skipped: list[str] | None = None) -> ImageDataset:
-    """Decode `files` in order into one data set; with skip_bad, bad files are logged and left out."""
+               skipped: list[str] | None = None, labels: list[int] | None = None,
+               class_names: list[str] | None = None) -> ImageDataset:
+    """Decode `files` in order into one data set; with skip_bad, bad files are logged and left out (with their
+    labels, when `labels` gives one per file)."""
     skipped = list(skipped or [])
     decoded: list[tuple[Path, Image.Image, str]] = []
-    for path in files:
+    kept: list[int] = []
+    for i, path in enumerate(files):
         try:
             img, mode = read_regular_image(path)
         except DataError as err:
@@ -73,6 +99,7 @@ def load_files(files: list[Path], name: str, *, image_size: int | None, channels
             log.warning("data: skipping %s", str(err).removeprefix("data: "))
             continue
         decoded.append((path, fit_square(img, image_size) if image_size else img, mode))
+        kept.append(i)
     if skipped:
         log.warning("data: skipped %d bad file(s) of %d in %s", len(skipped), len(files), show(name))
     if not decoded:
@@ -81,7 +108,9 @@ def load_files(files: list[Path], name: str, *, image_size: int | None, channels
     check_same_size(decoded)
     target = channels or majority_channels([mode for _, _, mode in decoded])
     images = np.stack([as_array(img, target) for _, img, _ in decoded])
-    return finish(images, None, name, image_size=None, channels=None, skipped=skipped)
+    kept_labels = None if labels is None else np.asarray([labels[i] for i in kept], dtype=np.int64)
+    return finish(images, kept_labels, name, image_size=None, channels=None, skipped=skipped,
+                  class_names=class_names)
 
 
 def read_regular_image(path: Path) -> tuple[Image.Image, str]:

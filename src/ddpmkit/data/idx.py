@@ -29,6 +29,9 @@ MAX_BYTES = 1 << 34  # 16 GiB: far above any IDX data set, far below what a corr
 
 # Debian's dataset-fashion-mnist package installs the four .gz files here.
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
+# Zalando's names of the labels 0 .. 9 (github.com/zalandoresearch/fashion-mnist, README)
+FASHION_MNIST_CLASSES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",
+                         "Ankle boot"]
 
 
 def idx_candidates(folder: Path, prefix: str, kind: str) -> list[Path]:
@@ -142,5 +145,7 @@ def load_fashion_mnist(*, image_size: int | None, channels: int | None, split: s
     if not has_idx(FASHION_MNIST_DIR):
         raise file_error(FASHION_MNIST_DIR, "Fashion-MNIST not found",
                          "install it with `apt-get install dataset-fashion-mnist`, or pass a folder of IDX files")
-    return load_idx_folder(FASHION_MNIST_DIR, "fashion-mnist", image_size=image_size, channels=channels,
-                           split=split)
+    ds = load_idx_folder(FASHION_MNIST_DIR, "fashion-mnist", image_size=image_size, channels=channels, split=split)
+    if ds.labels is not None:
+        ds.class_names = list(FASHION_MNIST_CLASSES)
+    return ds

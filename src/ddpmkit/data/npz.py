@@ -4,10 +4,14 @@ Always loaded with allow_pickle=False: an array file must never be able to run c
 
 Decisions:
 - Which array holds the images (.npz): for split "train" the first of "images", "x_train", "x", "arr_0" present,
-  else the first array in the file that is not a labels array; for "test" only "x_test"; for "all" "x_train" then
-  "x_test" when both exist, else the "train" choice. A .npy file is one array and has no test split.
-- Labels: "y_train" / "y_test" for "x_train" / "x_test", otherwise "labels" or "y" if present; integers, one per
-  image. Without them, labels are None.
+  else the first array in the file that is not a labels array; for "test" "x_test"; for "all" "x_train" then
+  "x_test" when both exist, else the "train" choice. A file with only one image array (a .npy file, or an .npz
+  holding only arr_0, or images and their labels) is the images to use whatever the split: the user passed the
+  file they mean. Only a file with several image arrays and no "x_test" has no test split (pass --split train).
+- Labels (the rule `ddpm train --conditional` relies on): "y_train" / "y_test" for "x_train" / "x_test"; for any
+  other image array "labels", else "y", else, for "arr_0" only, a 1-D integer "arr_1" (the labels that
+  `ddpm sample --npz` and OpenAI's guided-diffusion scripts write beside the samples). Integers, one per image.
+  Without them, labels are None.
 - Shapes: (N, H, W) is grey, (N, H, W, C) with C = 1 or 3 as is; C = 4 (RGBA) is composited on white, the same
   rule as transparent image files. Channels-first (N, C, H, W) is refused with the transpose that fixes it, rather
   than guessed, because (N, 3, 32, 3) cannot be told apart from it.
@@ -28,6 +32,7 @@ from ddpmkit.data.dataset import ImageDataset
 
 TRAIN_KEYS = ("images", "x_train", "x", "arr_0")
 LABEL_KEYS = ("labels", "y", "y_train", "y_test")
+SAMPLE_LABELS = "arr_1"  # the labels beside the samples in arr_0, in the ADM sampling format
 LOAD_ERRORS = (ValueError, OSError, EOFError, KeyError, zipfile.BadZipFile, zlib.error, struct.error)
 
 
@@ -48,12 +53,15 @@ def read_arrays(path: Path, split: str) -> list[tuple[str, np.ndarray, str | Non
         with open(path, "rb") as f:
             loaded = np.load(f, allow_pickle=False)  # an ndarray for .npy data, an NpzFile for .npz data
             if isinstance(loaded, np.ndarray):
-                if split == "test":
-                    raise file_error(path, "a .npy file has no test split", "pass the test images' file itself")
-                return [("array", loaded, None, None)]
+                return [("array", loaded, None, None)]  # one array: the images, whatever the split
             with loaded as npz:
-                return [(key, npz[key], label_key, npz[label_key] if label_key else None)
-                        for key, label_key in choose_keys(list(npz.files), path, split)]
+                out = []
+                for key, label_key in choose_keys(list(npz.files), path, split):
+                    labels = npz[label_key] if label_key else None
+                    if label_key == SAMPLE_LABELS and not _is_label_vector(labels):
+                        label_key, labels = None, None  # arr_1 holds something else than labels: not ours
+                    out.append((key, npz[key], label_key, labels))
+                return out
     except PermissionError:
         raise file_error(path, "permission denied", "make the file readable (chmod a+r)") from None
     except LOAD_ERRORS as err:
@@ -63,13 +71,16 @@ def read_arrays(path: Path, split: str) -> list[tuple[str, np.ndarray, str | Non
 
 def choose_keys(keys: list[str], path: Path, split: str) -> list[tuple[str, str | None]]:
     """[(image key, label key or None)] of an .npz for `split` (rules in the module docstring)."""
+    image_arrays = [k for k in keys if k not in LABEL_KEYS and not (k == SAMPLE_LABELS and "arr_0" in keys)]
+    if split == "test" and "x_test" not in keys and len(image_arrays) == 1:
+        split = "train"  # a file with one image array is the images to use, whatever the split
     if split == "test" or (split == "all" and "x_train" in keys and "x_test" in keys):
         if "x_test" not in keys:
             raise file_error(path, f"has no test split (no 'x_test' array; it has {', '.join(keys) or 'none'})",
-                             "pass the test images' file itself")
+                             "pass --split train (or all) to use its images, or the test images' file itself")
         image_keys = ["x_test"] if split == "test" else ["x_train", "x_test"]
     else:
-        candidates = [k for k in TRAIN_KEYS if k in keys] + [k for k in keys if k not in LABEL_KEYS]
+        candidates = [k for k in TRAIN_KEYS if k in keys] + image_arrays
         if not candidates:
             raise file_error(path, f"has no image array (arrays: {', '.join(keys) or 'none'})",
                              "save images with np.savez(path, images=x)")
@@ -79,8 +90,12 @@ def choose_keys(keys: list[str], path: Path, split: str) -> list[tuple[str, str 
 
 def label_key_for(image_key: str, keys: list[str]) -> str | None:
     """The labels array that belongs to `image_key`, if the file has one."""
-    options = {"x_train": ("y_train",), "x_test": ("y_test",)}.get(image_key, ("labels", "y"))
-    return next((k for k in options if k in keys), None)
+    options = {"x_train": ("y_train",), "x_test": ("y_test",), "arr_0": ("labels", "y", SAMPLE_LABELS)}
+    return next((k for k in options.get(image_key, ("labels", "y")) if k in keys), None)
+
+
+def _is_label_vector(array: np.ndarray | None) -> bool:
+    return array is not None and array.ndim == 1 and np.issubdtype(array.dtype, np.integer)
 
 
 def check_images(images: np.ndarray, path: Path, key: str) -> np.ndarray:

@@ -19,7 +19,7 @@ from ..data import ImageDataset, load_dataset
 from ..errors import DataError, UserError
 from ..samplers import model_device
 
-METRICS = ("nll", "fid", "is", "pr", "memo")
+METRICS = ("nll", "fid", "is", "pr", "memo", "acc")
 
 
 @dataclass
@@ -45,6 +45,8 @@ class EvalRequest:
     progress: bool = True
     out_dir: Path | None = None  # where per-t terms and the memorisation PNG go
     cache: object = None  # a folder of images through the decoded-image cache: see ddpmkit.data.load_dataset
+    classes: str | None = None  # conditional run: --class (default: the training data's proportions)
+    guidance: float | None = None  # conditional run: --guidance w
 
 
 @dataclass
@@ -53,6 +55,7 @@ class _Context:
     real: ImageDataset
     pipe: object = None
     _samples: np.ndarray | None = None
+    _labels: np.ndarray | None = None
     _extractor: object = None
     _feats: dict = field(default_factory=dict)
     result: dict = field(default_factory=dict)
@@ -61,11 +64,21 @@ class _Context:
         if self._samples is None:
             r = self.request
             if r.samples is not None:
-                self._samples = read_samples(r.samples, self.real)
+                self._samples, self._labels = read_samples(r.samples, self.real, with_labels=True)
             else:
+                from .conditional import sample_labels
+
+                self._labels = sample_labels(self.pipe, r)
                 self._samples = self.pipe.sample(r.n, sampler=r.sampler, steps=r.steps, eta=r.eta, spacing=r.spacing,
-                                                 seed=r.seed, batch_size=r.batch_size, progress=r.progress)
+                                                 seed=r.seed, batch_size=r.batch_size, progress=r.progress,
+                                                 classes=self._labels,
+                                                 guidance=r.guidance if self._labels is not None else None)
         return self._samples
+
+    def labels(self) -> np.ndarray | None:
+        """The class each sample was drawn for (a conditional run, or arr_1 of --samples), else None."""
+        self.samples()
+        return self._labels
 
     def extractor(self):
         if self._extractor is None:
@@ -89,11 +102,13 @@ class _Context:
         return self._feats[which]
 
 
-def read_samples(path: Path, real: ImageDataset) -> np.ndarray:
-    """uint8 (N, H, W, C) from an .npz (key arr_0, the ADM format) that fits the real data."""
+def read_samples(path: Path, real: ImageDataset, with_labels: bool = False):
+    """uint8 (N, H, W, C) from an .npz (key arr_0, the ADM format) that fits the real data; with_labels, also the
+    labels (N,) in arr_1 (as ddpm sample --npz of a conditional run writes them), or None."""
     try:
         with np.load(path, allow_pickle=False) as f:
             arr = f["arr_0"] if "arr_0" in f.files else f[f.files[0]]
+            labels = f["arr_1"] if "arr_0" in f.files and "arr_1" in f.files else None
     except (OSError, ValueError, KeyError, IndexError) as err:
         raise DataError(f"--samples {path}: cannot be read as an .npz of images ({err})") from None
     if arr.dtype != np.uint8:
@@ -102,7 +117,12 @@ def read_samples(path: Path, real: ImageDataset) -> np.ndarray:
         expected = ", ".join(map(str, real.images.shape[1:]))
         raise DataError(f"--samples {path}: shape {arr.shape}, expected (N, {expected}) "
                         f"to match {real.name}")
-    return arr
+    if not with_labels:
+        return arr
+    if labels is not None and (labels.shape != (len(arr),) or not np.issubdtype(labels.dtype, np.integer)):
+        raise DataError(f"--samples {path}: arr_1 is {labels.dtype} {labels.shape}, expected {len(arr)} integer "
+                        "labels (one per image in arr_0), or no arr_1")
+    return arr, None if labels is None else labels.astype(np.int64)
 
 
 def _nll(ctx: _Context) -> None:
@@ -110,10 +130,15 @@ def _nll(ctx: _Context) -> None:
 
     if ctx.pipe is None:
         raise UserError("--metrics nll needs a trained run (RUN_DIR), not only --samples")
+    from .conditional import nll_model
+
     r, pipe = ctx.request, ctx.pipe
     images = ctx.real.images[: r.nll_n]
-    out = bits_per_dim(pipe.diffusion, pipe.model, images, batch_size=r.batch_size, seed=r.seed,
+    model, one_batch = nll_model(pipe, ctx.real, len(images))  # a conditional run: its bound given the labels
+    out = bits_per_dim(pipe.diffusion, model, images, batch_size=one_batch or r.batch_size, seed=r.seed,
                        progress=r.progress, device=model_device(pipe.model))
+    if one_batch:
+        ctx.result["nll_note"] = "conditional bound -log p(x0 | c) with the real labels, unguided"
     ctx.result.update({k: out[k] for k in ("nll_bpd", "nll_bpd_sem", "prior_bpd", "decoder_bpd",
                                            "diffusion_bpd_by_quarter")})
     ctx.result["nll_n"] = len(images)
@@ -172,7 +197,15 @@ def _data_options(request: EvalRequest, pipe) -> dict:
     return {}
 
 
-RUNNERS = {"nll": _nll, "fid": _fid, "is": _is, "pr": _pr, "memo": _memo}
+def _acc(ctx: _Context) -> None:
+    from .conditional import accuracy, check_acc
+
+    check_acc(ctx)
+    names = ctx.pipe.classes if ctx.pipe is not None else [str(i) for i in range(int(ctx.labels().max()) + 1)]
+    ctx.result.update(accuracy(ctx.features("fake")["logits"], ctx.labels(), names))
+
+
+RUNNERS = {"nll": _nll, "fid": _fid, "is": _is, "pr": _pr, "memo": _memo, "acc": _acc}
 
 
 def evaluate(request: EvalRequest) -> dict:
@@ -187,6 +220,10 @@ def evaluate(request: EvalRequest) -> dict:
         from ..pipeline import load
 
         pipe = load(request.checkpoint or request.run_dir, ema=request.ema, device=request.device)
+        if pipe.classes is None and (request.classes is not None or request.guidance is not None):
+            from ..classes import unconditional_error
+
+            raise unconditional_error("--class" if request.classes is not None else "--guidance", request.run_dir)
         if request.data is None:
             request.data = pipe.config.data.spec
     real = load_dataset(request.data, split=request.split, cache=request.cache, **_data_options(request, pipe))
@@ -207,6 +244,9 @@ def evaluate(request: EvalRequest) -> dict:
     if ctx._samples is not None:
         ctx.result["n"] = len(ctx._samples)
         ctx.result["samples_from"] = str(request.samples) if request.samples else "model"
+        if pipe is not None and pipe.classes is not None and request.samples is None:
+            ctx.result["classes_sampled"] = request.classes or "the training data's proportions"
+            ctx.result["guidance"] = request.guidance or 0.0
     if "feature_extractor" in ctx.result:
         ctx.result["feature_space_note"] = (f"fid/is/pr are in the feature space of {ctx.result['feature_extractor']}"
                                             "; comparable only with numbers in that same space")

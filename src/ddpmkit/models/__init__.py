@@ -1,5 +1,5 @@
 """Networks for x_t, t -> output [DDPM App. B]. They know nothing about the noise schedule."""
 
-from ddpmkit.models.unet import PRESETS, UNet
+from ddpmkit.models.unet import NO_CLASS, PRESETS, UNet
 
-__all__ = ["PRESETS", "UNet"]
+__all__ = ["NO_CLASS", "PRESETS", "UNet"]

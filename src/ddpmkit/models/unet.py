@@ -24,6 +24,8 @@ from torch import nn
 from ddpmkit.errors import ConfigError
 from ddpmkit.models.layers import AttnBlock, Downsample, ResBlock, TimeEmbedding, Upsample, conv3x3, group_norm
 
+NO_CLASS = -1  # the label of the learned "no class" token: the unconditional model of a conditional net
+
 # Presets: constructor keywords. The key names are exactly UNet's arguments.
 PRESETS: dict[str, dict[str, Any]] = {
     # The paper's CIFAR-10 model [DDPM App. B]: 35,746,307 parameters, as the original implementation.
@@ -61,6 +63,9 @@ def _check_config(cfg: dict[str, Any]) -> None:
         raise ConfigError(f"UNet ch={cfg['ch']!r}: must be an integer >= 4 (the time embedding has ch entries)")
     if not cfg["ch_mult"] or not all(isinstance(m, int) and m >= 1 for m in cfg["ch_mult"]):
         raise ConfigError(f"UNet ch_mult={cfg['ch_mult']!r}: must be a non-empty tuple of positive integers")
+    classes = cfg.get("num_classes")
+    if classes is not None and (not isinstance(classes, int) or isinstance(classes, bool) or classes < 1):
+        raise ConfigError(f"UNet num_classes={classes!r}: must be a positive integer, or None (unconditional)")
     if not 0.0 <= cfg["dropout"] < 1.0:
         raise ConfigError(f"UNet dropout={cfg['dropout']!r}: must be in [0, 1)")
     factor = 2 ** (len(cfg["ch_mult"]) - 1)
@@ -105,20 +110,27 @@ class UNet(nn.Module):
     32, as the paper, for widths >= 64 divisible by 32; fewer for narrow test nets instead of an error. The
     `cifar10` preset is the paper's 35.7M model: exactly 35,746,307 parameters, as the original code.
     `self.config` holds the constructor arguments; `UNet(**net.config)` rebuilds the same architecture.
+    With `num_classes` = K the net is class-conditional: an embedding of K + 1 rows (the last is the learned
+    "no class" token, label NO_CLASS = -1) is added to the time embedding, and forward takes labels y.
     """
 
     def __init__(self, *, in_channels: int = 3, out_channels: int = 3, ch: int = 128,
                  ch_mult: tuple[int, ...] = (1, 2, 2, 2), num_res_blocks: int = 2,
                  attn_resolutions: tuple[int, ...] = (16,), dropout: float = 0.1, image_size: int = 32,
-                 num_groups: int = 32):
+                 num_groups: int = 32, num_classes: int | None = None):
         super().__init__()
         self.config = dict(in_channels=in_channels, out_channels=out_channels, ch=ch, ch_mult=tuple(ch_mult),
                            num_res_blocks=num_res_blocks, attn_resolutions=tuple(attn_resolutions),
                            dropout=float(dropout), image_size=image_size, num_groups=num_groups)
+        if num_classes is not None:  # kept out of config for unconditional nets, so their config is unchanged
+            self.config["num_classes"] = num_classes
         _check_config(self.config)
         self.in_channels, self.out_channels = in_channels, out_channels
         self.downsample_factor = 2 ** (len(ch_mult) - 1)
         self.temb = TimeEmbedding(ch)
+        self.num_classes = num_classes
+        # one row per class and a last, learned row for "no class" (label NO_CLASS = -1) [CFG Sec. 3.2]
+        self.class_emb = nn.Embedding(num_classes + 1, 4 * ch) if num_classes else None
         self.conv_in = conv3x3(in_channels, ch)
         self.down, skip_chs = self._build_down()
         self.mid = MidBlock(ch * ch_mult[-1], 4 * ch, dropout, num_groups)
@@ -192,10 +204,28 @@ class UNet(nn.Module):
             raise ValueError(f"UNet t of shape {tuple(t.shape)}: expected ({x.shape[0]},) or a scalar")
         return t
 
-    def forward(self, x: torch.Tensor, t: torch.Tensor | float) -> torch.Tensor:
-        """Predict the output (e.g. eps) for x_t at timestep index t [DDPM App. B]: (B, C, H, W) -> same H, W."""
+    def _class_embedding(self, y: torch.Tensor | None, x: torch.Tensor) -> torch.Tensor:
+        """(B, 4ch) embedding of the labels y (B,) in 0 .. K-1, NO_CLASS (-1) or None (all "no class")."""
+        if y is None:
+            y = torch.full((x.shape[0],), NO_CLASS, dtype=torch.int64, device=x.device)
+        y = torch.as_tensor(y, device=x.device).long().expand(x.shape[0])  # checked by the callers, no sync here
+        return self.class_emb(torch.where(y == NO_CLASS, self.num_classes, y))
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor | float, y: torch.Tensor | None = None) -> torch.Tensor:
+        """Predict the output (e.g. eps) for x_t at timestep index t [DDPM App. B]: (B, C, H, W) -> same H, W.
+
+        y: class labels (B,) of a conditional net (num_classes set), added to the time embedding as
+        improved-diffusion's class-conditional models do; NO_CLASS (-1) or None is the learned "no class" token.
+        An unconditional net refuses labels.
+        """
         self._check_input(x)
-        temb = F.silu(self.temb(self._timesteps(t, x)))  # (B, 4ch); the swish each ResBlock applies first
+        temb = self.temb(self._timesteps(t, x))  # (B, 4ch)
+        if self.class_emb is not None:
+            temb = temb + self._class_embedding(y, x)
+        elif y is not None:
+            raise ConfigError("UNet: class labels given to an unconditional net (num_classes is None); train with "
+                              "--conditional to use classes")
+        temb = F.silu(temb)  # the swish each ResBlock applies first
         hs = [self.conv_in(x)]
         for level in self.down:
             for j, block in enumerate(level.block):

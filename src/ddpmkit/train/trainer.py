@@ -34,13 +34,16 @@ from ..data import ImageDataset, check_enough, from_model_range, to_model_range
 from ..errors import ConfigError, UserError
 from ..fileio import atomic_path
 from ..figures.grid import plot_loss, save_grid
+from ..guidance import ClassifierFreeGuidance
 from ..pipeline import build_diffusion, build_model
 from ..samplers import SamplingStopped
+from . import conditional as cond
 from . import distributed
 from ..store.checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .data import load_training_data
 from .ema import EMA
 from ..store.faults import fault_point
+from .autoconfig import RunTimeEstimate, describe_network
 from .importance import ImportanceTimesteps, timestep_sampler
 from .prefetch import Prefetcher
 
@@ -77,7 +80,8 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False,
                  device: str = "auto", progress: bool = True, dataset: ImageDataset | None = None,
-                 cache=None, prefetch: int = 2):
+                 cache=None, prefetch: int = 2, conditional: bool = False):
+        """conditional: set model.num_classes from the data's labels (`ddpm train --conditional`)."""
         self.config, self.run_dir = config, Path(run_dir)
         self.resume, self.force, self.progress = resume, force, progress
         self.dist = distributed.setup(device)
@@ -86,6 +90,9 @@ class Trainer:
             raise ConfigError(f"--batch-size {c.batch_size} must be divisible by the {self.dist.world_size} processes")
         self.data = dataset or load_training_data(config.data, self.dist, cache, progress=progress, say=self._say)
         check_enough(self.data, c.batch_size)
+        config, self.classes = cond.prepare(config, self.data, conditional)  # model.num_classes from the labels
+        self.config = config
+        self.labels = torch.from_numpy(self.data.labels) if self.classes is not None else None
         self.order = BatchOrder(len(self.data), c.batch_size, c.seed)
         self.batches = Prefetcher(self._batch_images, prefetch, end=c.steps)  # images only: draws stay in _draw
         self.diffusion = build_diffusion(config).to(self.dist.device)
@@ -125,8 +132,11 @@ class Trainer:
         return self.run_dir / "checkpoints"
 
     def _meta(self) -> dict:
-        return {"run": self.config.to_dict(), "image_size": self.data.image_size, "channels": self.data.channels,
+        meta = {"run": self.config.to_dict(), "image_size": self.data.image_size, "channels": self.data.channels,
                 "data": {"name": self.data.name, "num_images": len(self.data)}}
+        if self.classes is not None:
+            meta["classes"] = self.classes.to_dict()
+        return meta
 
     def _restore(self) -> None:
         """Continue from the newest valid checkpoint (with --resume), or refuse to overwrite an existing run."""
@@ -147,6 +157,7 @@ class Trainer:
         if "optimizer" not in ckpt.state:  # e.g. ddpm import-diffusers: weights only
             raise UserError(f"{ckpt.path}: holds weights without optimizer state (an imported model), so it cannot "
                             "be resumed; train a new run with --out elsewhere")
+        cond.check_resume(ckpt.config or {}, self.classes, ckpt.path)
         self._check_same_run(ckpt.config or {}, ckpt.path)
         for name in ("model", "ema"):  # a --force'd change of model size ends here, with the keys named
             check_weights_fit(self.model, ckpt.weights[name], f"{ckpt.path}/{name}.safetensors")
@@ -211,7 +222,7 @@ class Trainer:
         amp = (torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
                if self.autocast_dtype is not None else nullcontext())
         with amp:
-            terms = self.diffusion.training_loss(self.net, x0, t, noise, loss=c.loss, t_weight=weight,
+            terms = self.diffusion.training_loss(self._net_for(step), x0, t, noise, loss=c.loss, t_weight=weight,
                                                  hybrid_lambda=c.hybrid_lambda, return_terms=True)
             loss = terms["loss"].mean()  # line 5
         loss_value = float(loss.detach())
@@ -231,11 +242,22 @@ class Trainer:
             self.timesteps.update(*distributed.gather(self.dist, t, terms["vb"]))
         return loss_value, True
 
+    def _net_for(self, step: int):
+        """The net as Diffusion calls it: model(x_t, t), with this step's (dropped) labels for a conditional run."""
+        if self.classes is None:
+            return self.net
+        c, n = self.config.train, self.dist.world_size
+        part = slice(self.dist.rank * c.batch_size // n, (self.dist.rank + 1) * c.batch_size // n)
+        y = cond.step_labels(self.labels, self.order.indices(step), c.label_dropout, step_seed(c.seed, step, 4),
+                             part, self.dist.device)
+        return cond.labelled(self.net, y)
+
     # --- the loop -------------------------------------------------------------------------------------------
 
     def run(self) -> dict:
         """Train to `train.steps`; returns {"step", "checkpoint", "interrupted", "samples", "is_main"}."""
         try:
+            self.say(describe_network(self.model, self.config, self.data))
             self._restore()
             self._prepare_run_dir()
             with _StopOnSignals(self):
@@ -250,6 +272,8 @@ class Trainer:
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
             _atomic_write(self.run_dir / "config.toml", to_toml(self.config))
+            if self.classes is not None:
+                cond.write_classes(self.run_dir, self.classes)
         except OSError as err:
             raise UserError(f"--out {self.run_dir}: cannot write there ({err.strerror or err})") from None
         _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
@@ -260,6 +284,7 @@ class Trainer:
                    desc="train", dynamic_ncols=True)
         logger = _MetricsLog(self.run_dir, self.dist.is_main, c.batch_size, c.log_every)
         last_saved, checkpoint = self.step, None
+        eta = RunTimeEstimate(self.step, c.steps, self.say)
         while self.step < c.steps:
             # a signal may reach one rank only: all ranks agree before the step whether to stop
             (stop,) = distributed.any_true(self.dist, self.stop_signal is not None)
@@ -283,6 +308,7 @@ class Trainer:
             if c.sample_every and (self.step % c.sample_every == 0 or self.step == c.steps):
                 self.write_samples()  # a signal during the grid stops it at once; the loop then saves and ends
             logger.t0 += time.perf_counter() - paused  # images/s counts training time only
+            eta.after_step(self.step, time.perf_counter() - paused)
         if self.stop_signal is not None and last_saved != self.step:
             checkpoint = self._save()
         bar.close()
@@ -302,8 +328,11 @@ class Trainer:
         c, s = self.config.train, self.config.sample
         gen = torch.Generator().manual_seed(c.seed)
         shape = (c.num_samples, self.data.channels, self.data.image_size, self.data.image_size)
+        model = self.ema.model
+        if self.classes is not None:  # row-major, the classes in turn, unguided
+            model = ClassifierFreeGuidance(model, torch.arange(c.num_samples) % len(self.classes.names))
         try:
-            x = self.diffusion.sample(self.ema.model, shape, sampler=s.sampler, steps=s.steps, eta=s.eta,
+            x = self.diffusion.sample(model, shape, sampler=s.sampler, steps=s.steps, eta=s.eta,
                                       spacing=s.spacing, generator=gen, progress=False,
                                       stop=lambda: self.stop_signal is not None)
         except SamplingStopped:
@@ -315,6 +344,12 @@ class Trainer:
         if (self.run_dir / "metrics.jsonl").exists():
             plot_loss(self.run_dir / "metrics.jsonl", self.run_dir / "loss.png")
         distributed.barrier(self.dist)
+
+    def say(self, text: str) -> None:
+        """A line on stdout from the main process: what the run uses and how long it takes (stderr is for
+        warnings and the one line of an error)."""
+        if self.dist.is_main:
+            tqdm.write(text, file=sys.stdout)
 
     def _say(self, text: str) -> None:
         if self.dist.is_main:
