@@ -85,8 +85,8 @@ def test_unknown_sections_and_files(tmp_path):
 
 
 def test_sample_steps_cannot_exceed_T():
-    with pytest.raises(ConfigError, match="sample.steps = 100 is more than diffusion.timesteps = 20"):
-        load_config("digits").replace("diffusion.timesteps", 20)
+    with pytest.raises(ConfigError, match="sample.steps = 20 is more than diffusion.timesteps = 10"):
+        load_config("digits").replace("diffusion.timesteps", 10)
 
 
 def test_parse_value_and_differences():

@@ -254,7 +254,8 @@ def test_skip_bad_lists_skipped_files_in_the_manifest_and_counts_them_on_every_r
 
 
 def test_labels_are_stored_beside_the_images_and_checked(tmp_path, folder, monkeypatch, caplog):
-    monkeypatch.setattr(cache_mod, "folder_labels", lambda files: np.array([int(p.stem) % 10 for p in files]))
+    monkeypatch.setattr(cache_mod, "folder_labels",
+                        lambda root, split, files: (np.array([int(p.stem) % 10 for p in files]), None))
     cache = ImageCache(tmp_path / "cache", progress=False)
     ds = load_dataset(str(folder), cache=cache)
     assert ds.labels.dtype == np.int64 and ds.labels.tolist() == [i % 10 for i in range(N)]
@@ -263,6 +264,20 @@ def test_labels_are_stored_beside_the_images_and_checked(tmp_path, folder, monke
     np.save(labels, np.zeros(N, np.int64))  # tampered: well-formed, but not what the manifest hashed
     assert load_dataset(str(folder), cache=cache).labels.tolist() == [i % 10 for i in range(N)]
     assert "labels.npy does not match" in builds(caplog)[0]
+
+
+def test_class_subfolders_give_the_same_labels_and_names_through_the_cache(tmp_path):
+    # the folder rule (one subfolder per class, sorted names) on the cached path as on the in-memory one; an empty
+    # class subfolder is still a class
+    root = tmp_path / "classes"
+    for i, cls in enumerate(["cat", "ant", "bee"]):
+        make_folder(root / cls, n=3 + i, seed=i)
+    (root / "dog").mkdir()
+    memory = load_dataset(str(root), cache=False)
+    cached = load_dataset(str(root), cache=ImageCache(tmp_path / "cache", progress=False))
+    assert memory.class_names == cached.class_names == ["ant", "bee", "cat", "dog"]
+    assert memory.labels.tolist() == cached.labels.tolist() == [0] * 4 + [1] * 5 + [2] * 3
+    np.testing.assert_array_equal(memory.images, cached.images)
 
 
 def test_a_waiting_rank_maps_the_builders_entry_or_names_the_builder(tmp_path, folder, data_error):
