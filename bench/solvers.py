@@ -5,13 +5,15 @@
 1. digits (the quickstart's model: `ddpm train --data digits`, trained here into --out/digits unless --digits-run
    names one): FID of --n-samples samples in a digit classifier's features (trained here, as bench/improved.py
    does) for every sampler at K = 5, 10, 15, 20, 50, 100 nodes, each sampler with its default spacing, beside
-   1000-step ancestral sampling (Algorithm 2) with sampling seeds 0 .. --seeds - 1, whose spread is the yardstick.
+   1000-step ancestral sampling (Algorithm 2, sampling seeds 0 .. --t-seeds - 1); the yardstick is the spread of
+   the FID over sampling seeds 0 .. --seeds - 1 at 20 (dpm++2m) and 100 (ancestral) steps.
 2. The same digits model sampled by diffusers' DPMSolverMultistepScheduler (order 2, data prediction, the model's
    own betas, our nodes, final step to sigma = 0) from the same x_T as ours: the largest difference, and both FIDs
    (neither clips x0 here, so both run the same algorithm). Needs `pip install diffusers`; skipped without it.
 3. Fashion-MNIST, a small network trained here for --fm-steps (same weights for every row): for each deterministic
    solver the RMSE on [0, 255] between its samples and the converged ODE endpoint (dpm++3m on all T nodes, same
-   x_T) against NFE, as a plot (--out/fm_rmse.png); and FID at <= 20 NFE against ancestral and DDIM at 100 steps.
+   x_T) against NFE, as a plot (--out/fm_rmse.png); and FID at <= 20 NFE against ancestral and DDIM at 100 steps
+   (in a Fashion-MNIST classifier's features).
 Every figure is kept in --out/results.json with the SHA-256 of the weights and classifier it was measured on; a
 rerun reuses it and measures only what is missing. --timesteps overrides T (smoke tests only).
 """
@@ -38,8 +40,8 @@ from ddpmkit.samplers import DETERMINISTIC, SAMPLERS, model_device, timestep_nod
 from ddpmkit.train.trainer import Trainer
 
 DIGITS_K = (5, 10, 15, 20, 50, 100)
-FM_K = (5, 10, 15, 20, 50, 100, 200)
-FM_FID_ROWS = {"dpm++2m": 20, "dpm++3m": 20, "dpm++2m-sde": 20, "heun": 10, "ddim": 20}  # <= 20 NFE each
+FM_K = (5, 10, 20, 50, 100)
+FM_FID_ROWS = {"dpm++2m": 20, "dpm++3m": 20, "heun": 10, "ddim": 20}  # <= 20 NFE each
 FM_BASELINES = {"ancestral": 100, "ddim": 100}
 
 
@@ -123,21 +125,29 @@ def digits_part(args, cache: Cache) -> dict:
     real_stats = feature_stats(extractor(load_dataset("digits", split="test").images)["features"])
     key = f"digits|{weights_id(run)}|{clf_id}|n{args.n_samples}"
     T = pipe.diffusion.num_timesteps
-    out = {"ancestral_T": [cache.get(f"{key}|ancestral|{T}|seed{s}", lambda s=s: fid(
-        extractor, to_uint8(solve(pipe, x_T_for(pipe, args.n_samples, s), "ancestral", T, seed=s)), real_stats))
-        for s in range(args.seeds)], "rows": {}}
     train = load_dataset("digits", split="train").images
     pick = np.random.default_rng(0).permutation(len(train))[: args.n_samples]
-    out["real"] = cache.get(f"{key}|real", lambda: fid(extractor, train[pick], real_stats))
+    out = {"rows": {}, "real": cache.get(f"{key}|real", lambda: fid(extractor, train[pick], real_stats))}
     x_T = x_T_for(pipe, args.n_samples, 0)
-    for sampler in SAMPLERS:
+    for sampler in SAMPLERS if "rows" in args.what else ():
         for k in args.k:
             if k < SAMPLERS[sampler].order or k > T:
                 continue
             out["rows"][f"{sampler}@{k}"] = {"nfe": SAMPLERS[sampler].nfe(k), "fid": cache.get(
                 f"{key}|{sampler}|{k}", lambda s=sampler, k=k: fid(extractor, to_uint8(solve(pipe, x_T, s, k)),
                                                                     real_stats))}
-    out["diffusers"] = diffusers_part(args, pipe, x_T, extractor, real_stats, cache, key)
+
+    def seeded(sampler, k, seed):
+        return cache.get(f"{key}|{sampler}|{k}|seed{seed}", lambda: fid(
+            extractor, to_uint8(solve(pipe, x_T_for(pipe, args.n_samples, seed), sampler, k, seed=seed)), real_stats))
+    # the yardstick: how much the FID of N samples moves with the sampling seed alone (seed 0 is the rows' x_T)
+    if "spread" in args.what:
+        out["spread"] = {f"{s}@{k}": [out["rows"][f"{s}@{k}"]["fid"]] + [seeded(s, k, i) for i in range(1, args.seeds)]
+                         for s, k in args.spread_rows}
+    if "T" in args.what:
+        out["ancestral_T"] = [seeded("ancestral", T, i) for i in range(args.t_seeds)]
+    if "diffusers" in args.what:
+        out["diffusers"] = diffusers_part(args, pipe, x_T, extractor, real_stats, cache, key)
     return out
 
 
@@ -192,7 +202,9 @@ def fm_part(args, cache: Cache) -> dict:
         torch.save(solve(pipe, x_T, "dpm++3m", T), ref_path)
     ref = torch.load(ref_path, weights_only=True)
     rmse = lambda x: float(((x - ref) * 127.5).pow(2).mean().sqrt())  # noqa: E731  on [0, 255]
-    out = {"rmse": {}, "reference_check": cache.get(f"{key}|heun@T-vs-ref", lambda: rmse(solve(pipe, x_T, "heun", T)))}
+    # how converged the reference is: another second-order solver at half the nodes, against it
+    out = {"rmse": {}, "reference_check": cache.get(f"{key}|dpm++2m@{T // 2}-vs-ref",
+                                                    lambda: rmse(solve(pipe, x_T, "dpm++2m", T // 2)))}
     for sampler in DETERMINISTIC:
         out["rmse"][sampler] = {SAMPLERS[sampler].nfe(k): cache.get(
             f"{key}|rmse|{sampler}|{k}|n{args.fm_rmse_n}", lambda s=sampler, k=k: rmse(solve(pipe, x_T, s, k)))
@@ -233,10 +245,13 @@ def report(result: dict) -> str:
     lines = []
     d = result.get("digits")
     if d:
-        a = np.array(d["ancestral_T"])
-        lines += [f"digits: ancestral, 1000 steps, seeds 0-{len(a) - 1}: FID {', '.join(f'{x:.2f}' for x in a)} "
-                  f"(mean {a.mean():.2f}, sd {a.std(ddof=1) if len(a) > 1 else 0:.2f}); real train digits "
-                  f"{d['real']:.2f}", f"{'sampler':<14}" + "".join(f"{f'K={k}':>14}" for k in DIGITS_K)]
+        a = np.array(d.get("ancestral_T", []))
+        lines.append(f"digits: ancestral, all T steps, seeds 0-{len(a) - 1}: FID {', '.join(f'{x:.2f}' for x in a)}; "
+                     f"real train digits {d['real']:.2f}")
+        for row, fids in d.get("spread", {}).items():
+            lines.append(f"  seed spread of {row}, seeds 0-{len(fids) - 1}: {', '.join(f'{x:.2f}' for x in fids)} "
+                         f"(sd {np.std(fids, ddof=1):.2f})")
+        lines.append(f"{'sampler':<14}" + "".join(f"{f'K={k}':>14}" for k in DIGITS_K))
         for s in SAMPLERS:
             cells = [d["rows"].get(f"{s}@{k}") for k in DIGITS_K]
             lines.append(f"{s:<14}" + "".join(f"{c['fid']:>8.2f} ({c['nfe']:>3})" if c else f"{'-':>14}"
@@ -249,8 +264,8 @@ def report(result: dict) -> str:
                              f"ours {c['fid_ours']:.2f}, diffusers {c['fid_diffusers']:.2f}")
     f = result.get("fashion_mnist")
     if f:
-        lines.append(f"fashion-mnist RMSE [0, 255] to the ODE endpoint (reference check: heun on all nodes "
-                     f"{f['reference_check']:.3f}):")
+        lines.append(f"fashion-mnist RMSE [0, 255] to the ODE endpoint (dpm++3m on all T nodes; dpm++2m on T/2 "
+                     f"nodes is {f['reference_check']:.3f} from it), by NFE:")
         for s, points in f["rmse"].items():
             lines.append(f"  {s:<10}" + "  ".join(f"{v:.3f} @{n}" for n, v in sorted(points.items(),
                                                                                 key=lambda p: int(p[0]))))
@@ -276,7 +291,10 @@ def _main(argv) -> int:
     p.add_argument("--fm-steps", type=int, default=3000, help="Fashion-MNIST training steps (the fixed budget)")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="Fashion-MNIST config values")
     p.add_argument("--n-samples", type=int, default=500, help="samples per FID (default 500)")
-    p.add_argument("--seeds", type=int, default=5, help="sampling seeds of the 1000-step yardstick (default 5)")
+    p.add_argument("--seeds", type=int, default=5, help="sampling seeds of the spread at 20 and 100 steps")
+    p.add_argument("--t-seeds", type=int, default=2, help="sampling seeds of the 1000-step ancestral rows")
+    p.add_argument("--what", default="rows,spread,T,diffusers", help="digits: which of rows, spread, T, diffusers")
+    p.add_argument("--spread", default="dpm++2m@20,ancestral@100", help="digits: rows whose seed spread to measure")
     p.add_argument("--fm-rmse-n", type=int, default=64, help="samples for the RMSE to the ODE endpoint")
     p.add_argument("--k", default=",".join(map(str, DIGITS_K)), help="digits: steps per sampler")
     p.add_argument("--fm-k", default=",".join(map(str, FM_K)), help="Fashion-MNIST: steps per solver for RMSE")
@@ -289,6 +307,8 @@ def _main(argv) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     args.k, args.fm_k = [int(x) for x in args.k.split(",")], [int(x) for x in args.fm_k.split(",")]
+    args.what = set(args.what.split(","))
+    args.spread_rows = [(r.split("@")[0], int(r.split("@")[1])) for r in args.spread.split(",") if r]
     args.out.mkdir(parents=True, exist_ok=True)
     cache = Cache(args.out / "results.json")
     result = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__}
