@@ -205,7 +205,7 @@ def fm_part(args, cache: Cache) -> dict:
     # how converged the reference is: another second-order solver at half the nodes, against it
     out = {"rmse": {}, "reference_check": cache.get(f"{key}|dpm++2m@{T // 2}-vs-ref",
                                                     lambda: rmse(solve(pipe, x_T, "dpm++2m", T // 2)))}
-    for sampler in DETERMINISTIC:
+    for sampler in DETERMINISTIC if "rmse" in args.what else ():
         out["rmse"][sampler] = {SAMPLERS[sampler].nfe(k): cache.get(
             f"{key}|rmse|{sampler}|{k}|n{args.fm_rmse_n}", lambda s=sampler, k=k: rmse(solve(pipe, x_T, s, k)))
             for k in args.fm_k if SAMPLERS[sampler].order <= k <= T}
@@ -213,9 +213,10 @@ def fm_part(args, cache: Cache) -> dict:
     real_stats = feature_stats(extractor(load_dataset("fashion-mnist", split="test").images)["features"])
     fkey = f"{key}|{clf_id}|n{args.n_samples}"
     x_F = x_T_for(pipe, args.n_samples, 0)
+    rows = args.fm_rows or [*FM_FID_ROWS.items(), *FM_BASELINES.items()]
     out["fid"] = {f"{s}@{k}": {"nfe": SAMPLERS[s].nfe(k), "fid": cache.get(
         f"{fkey}|{s}|{k}", lambda s=s, k=k: fid(extractor, to_uint8(solve(pipe, x_F, s, k)), real_stats))}
-        for s, k in [*FM_FID_ROWS.items(), *FM_BASELINES.items()]}
+        for s, k in rows}
     plot_rmse(out["rmse"], args.plot or args.out / "fm_rmse.png")
     return out
 
@@ -293,7 +294,9 @@ def _main(argv) -> int:
     p.add_argument("--n-samples", type=int, default=500, help="samples per FID (default 500)")
     p.add_argument("--seeds", type=int, default=5, help="sampling seeds of the spread at 20 and 100 steps")
     p.add_argument("--t-seeds", type=int, default=2, help="sampling seeds of the 1000-step ancestral rows")
-    p.add_argument("--what", default="rows,spread,T,diffusers", help="digits: which of rows, spread, T, diffusers")
+    p.add_argument("--what", default="rows,spread,T,diffusers,rmse",
+                   help="which of rows, spread, T, diffusers (digits), rmse (Fashion-MNIST)")
+    p.add_argument("--fm-rows", default="", help="Fashion-MNIST FID rows, e.g. ancestral@100 (default: all)")
     p.add_argument("--spread", default="dpm++2m@20,ancestral@100", help="digits: rows whose seed spread to measure")
     p.add_argument("--fm-rmse-n", type=int, default=64, help="samples for the RMSE to the ODE endpoint")
     p.add_argument("--k", default=",".join(map(str, DIGITS_K)), help="digits: steps per sampler")
@@ -309,6 +312,7 @@ def _main(argv) -> int:
     args.k, args.fm_k = [int(x) for x in args.k.split(",")], [int(x) for x in args.fm_k.split(",")]
     args.what = set(args.what.split(","))
     args.spread_rows = [(r.split("@")[0], int(r.split("@")[1])) for r in args.spread.split(",") if r]
+    args.fm_rows = [(r.split("@")[0], int(r.split("@")[1])) for r in args.fm_rows.split(",") if r]
     args.out.mkdir(parents=True, exist_ok=True)
     cache = Cache(args.out / "results.json")
     result = {"device": args.device, "threads": torch.get_num_threads(), "torch": torch.__version__}
