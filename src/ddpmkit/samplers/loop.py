@@ -11,6 +11,7 @@ i - 1; the step at node 0 returns x_0. A `stop` callable, asked before every ste
 
 from __future__ import annotations
 
+import numbers
 from dataclasses import dataclass
 from typing import Callable
 
@@ -66,7 +67,7 @@ def check_sampler(name: str, steps: int | None, num_timesteps: int, *, eta: floa
     if spacing is not None and spacing not in SPACINGS:
         raise ConfigError(f"spacing {spacing!r} is not one of {list(SPACINGS)}")
     spec, k = SAMPLERS[name], num_timesteps if steps is None else steps
-    if not isinstance(k, int) or not 1 <= k <= num_timesteps:
+    if isinstance(k, bool) or not isinstance(k, numbers.Integral) or not 1 <= k <= num_timesteps:
         raise ConfigError(f"sampling steps must be between 1 and T = {num_timesteps}, got {steps}")
     if k < spec.order:
         raise ConfigError(f"{option} {name!r} is of order {spec.order} and needs at least {spec.order} steps, "
@@ -87,7 +88,7 @@ def run_sampler(diffusion: Diffusion, model, shape, *, sampler: str = "ancestral
     (default: the sampler's own, `SAMPLERS[sampler].default_spacing`)."""
     total = diffusion.num_timesteps
     spec = check_sampler(sampler, steps, total, eta=eta, spacing=spacing)
-    k = total if steps is None else steps
+    k = total if steps is None else int(steps)
     spacing = spacing or spec.default_spacing
     nodes = timestep_nodes(diffusion.alpha_bar.cpu().double().numpy(), k, spacing)
     d = diffusion if len(nodes) == total else diffusion.respaced(nodes)
