@@ -6,7 +6,7 @@ References:
 
 Notation of [DPMS]: alpha = sqrt(alpha_bar), sigma = sqrt(1 - alpha_bar), lambda = log(alpha / sigma); a step goes
 from node s to node t (lambda_t > lambda_s), h = lambda_t - lambda_s. With x0 prediction D(lambda) the ODE solution
-is exactly [DPMS++ Eq. 8]
+is exactly (the solution with data prediction, [DPMS++ Sec. 3])
     x_t = (sigma_t / sigma_s) x_s + sigma_t * integral_{lambda_s}^{lambda_t} e^lambda D(lambda) d lambda,
 and the solvers expand D around lambda_s: D = m0 + u m' + u^2 / 2 m'' (u = lambda - lambda_s), which integrates to
     x_t = (sigma_t / sigma_s) x_s - alpha_t phi1 m0 + alpha_t phi2 (h m') - alpha_t phi3 (h^2 m''),
