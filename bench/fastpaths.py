@@ -37,7 +37,7 @@ from ddpmkit.evaluate.fid import feature_stats
 from ddpmkit.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from improved import classifier, fid_of  # noqa: E402  (same classifier file and FID as bench/improved.py)
+from improved import classifier, fid_of, one_line_errors  # noqa: E402  (same classifier file and FID as bench/improved.py)
 
 SETTINGS = {"channels_last": {"train.channels_last": True}, "compile": {"train.compile": True},
             "bf16": {"train.precision": "bf16"}}
@@ -94,11 +94,7 @@ def plot(runs: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return one_line_errors(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -33,13 +33,12 @@ import torch
 import ddpmkit
 from ddpmkit.config import load_config
 from ddpmkit.data import load_dataset
-from ddpmkit.errors import UserError
 from ddpmkit.evaluate.fid import feature_stats
 from ddpmkit.evaluate.precision_recall import precision_recall
 from ddpmkit.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from improved import classifier, fid_of  # noqa: E402  (the same classifier file and FID as bench/improved.py)
+from improved import classifier, fid_of, one_line_errors  # noqa: E402  (the same classifier file and FID as bench/improved.py)
 
 PRESETS = {"digits": "digits", "fashion-mnist": "fashion_mnist"}
 RUNS = {"uncond": False, "cond": True}  # name -> ddpm train --conditional
@@ -109,11 +108,7 @@ def table(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return one_line_errors(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:

@@ -203,12 +203,18 @@ def table(result: dict, sample_steps: list[int]) -> str:
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> int:
+def one_line_errors(body, argv) -> int:
+    """body(argv), with ddpmkit's user errors (a bad --set, missing data, a run dir that cannot be written) as one
+    line on stderr and exit code 2; every bench's main goes through it."""
     try:
-        return _main(argv)
-    except UserError as err:  # a bad --set, missing data, a run dir that cannot be written: one line
+        return body(argv)
+    except UserError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    return one_line_errors(_main, argv)
 
 
 def _main(argv: list[str] | None) -> int:

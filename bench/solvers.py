@@ -33,11 +33,13 @@ import torch
 import ddpmkit
 from ddpmkit.config import load_config, parse_value
 from ddpmkit.data import from_model_range, load_dataset
-from ddpmkit.errors import UserError
 from ddpmkit.evaluate.classifier import load_classifier, train_classifier
-from ddpmkit.evaluate.fid import feature_stats, frechet_distance
+from ddpmkit.evaluate.fid import feature_stats
 from ddpmkit.samplers import DETERMINISTIC, SAMPLERS, model_device, timestep_nodes
 from ddpmkit.train.trainer import Trainer
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from improved import fid_of, one_line_errors  # noqa: E402  (the FID and error handling of bench/improved.py)
 
 DIGITS_K = (5, 10, 15, 20, 50, 100)
 FM_K = (5, 10, 20, 50, 100)
@@ -95,10 +97,6 @@ def weights_id(run: Path) -> str:
     return json.loads((newest / "manifest.json").read_text())["files"]["ema.safetensors"]["sha256"][:16]
 
 
-def fid(extractor, images: np.ndarray, real_stats) -> float:
-    return float(frechet_distance(*feature_stats(extractor(images)["features"]), *real_stats))
-
-
 def x_T_for(pipe, n: int, seed: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, pipe.channels, pipe.image_size, pipe.image_size, generator=g).to(model_device(pipe.model))
@@ -127,18 +125,18 @@ def digits_part(args, cache: Cache) -> dict:
     T = pipe.diffusion.num_timesteps
     train = load_dataset("digits", split="train").images
     pick = np.random.default_rng(0).permutation(len(train))[: args.n_samples]
-    out = {"rows": {}, "real": cache.get(f"{key}|real", lambda: fid(extractor, train[pick], real_stats))}
+    out = {"rows": {}, "real": cache.get(f"{key}|real", lambda: fid_of(extractor, train[pick], real_stats))}
     x_T = x_T_for(pipe, args.n_samples, 0)
     for sampler in SAMPLERS if "rows" in args.what else ():
         for k in args.k:
             if k < SAMPLERS[sampler].order or k > T:
                 continue
             out["rows"][f"{sampler}@{k}"] = {"nfe": SAMPLERS[sampler].nfe(k), "fid": cache.get(
-                f"{key}|{sampler}|{k}", lambda s=sampler, k=k: fid(extractor, to_uint8(solve(pipe, x_T, s, k)),
+                f"{key}|{sampler}|{k}", lambda s=sampler, k=k: fid_of(extractor, to_uint8(solve(pipe, x_T, s, k)),
                                                                     real_stats))}
 
     def seeded(sampler, k, seed):
-        return cache.get(f"{key}|{sampler}|{k}|seed{seed}", lambda: fid(
+        return cache.get(f"{key}|{sampler}|{k}|seed{seed}", lambda: fid_of(
             extractor, to_uint8(solve(pipe, x_T_for(pipe, args.n_samples, seed), sampler, k, seed=seed)), real_stats))
     # the yardstick: how much the FID of N samples moves with the sampling seed alone (seed 0 is the rows' x_T)
     if "spread" in args.what:
@@ -181,8 +179,8 @@ def diffusers_part(args, pipe, x_T, extractor, real_stats, cache: Cache, key: st
             ours, theirs = solve(pipe, x_T, "dpm++2m", k, clip=False), diffusers_sample(pipe, x_T, k)
             return {"max_abs_diff": float((ours - theirs).abs().max()),
                     "max_uint8_diff": int(np.abs(to_uint8(ours).astype(int) - to_uint8(theirs)).max()),
-                    "fid_ours": fid(extractor, to_uint8(ours), real_stats),
-                    "fid_diffusers": fid(extractor, to_uint8(theirs), real_stats)}
+                    "fid_ours": fid_of(extractor, to_uint8(ours), real_stats),
+                    "fid_diffusers": fid_of(extractor, to_uint8(theirs), real_stats)}
         out[k] = cache.get(f"{key}|diffusers-dpm++2m-noclip|{k}", measure)
     return out
 
@@ -215,7 +213,7 @@ def fm_part(args, cache: Cache) -> dict:
     x_F = x_T_for(pipe, args.n_samples, 0)
     rows = args.fm_rows or [*FM_FID_ROWS.items(), *FM_BASELINES.items()]
     out["fid"] = {f"{s}@{k}": {"nfe": SAMPLERS[s].nfe(k), "fid": cache.get(
-        f"{fkey}|{s}|{k}", lambda s=s, k=k: fid(extractor, to_uint8(solve(pipe, x_F, s, k)), real_stats))}
+        f"{fkey}|{s}|{k}", lambda s=s, k=k: fid_of(extractor, to_uint8(solve(pipe, x_F, s, k)), real_stats))}
         for s, k in rows}
     plot_rmse(out["rmse"], args.plot or args.out / "fm_rmse.png")
     return out
@@ -276,11 +274,7 @@ def report(result: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        return _main(argv)
-    except UserError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return one_line_errors(_main, argv)
 
 
 def _main(argv) -> int:
