@@ -39,6 +39,7 @@ import torch
 from . import schedules
 from .errors import ConfigError
 from .losses import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
+from .noise import randn
 
 Parameterization = Literal["eps", "x0", "v"]
 VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
@@ -329,7 +330,7 @@ class Diffusion:
         x0_mse = torch.zeros_like(terms)
         for i in tqdm(range(steps - 1, -1, -1), disable=not progress, desc="bound", leave=False):
             t = torch.full((batch,), i, dtype=torch.int64, device=x0.device)
-            noise = torch.randn(x0.shape, generator=generator, device=_gen_device(generator, x0)).to(x0)
+            noise = randn(x0.shape, generator, device=x0.device).to(x0)  # per image from an ImageNoise
             xt = self.q_sample(x0, t, noise)
             p = self.p_mean_variance(model, xt, t, clip_denoised=clip_denoised)
             terms[:, i] = self.vlb_term_bpd(x0, xt, t, p).double()
@@ -398,10 +399,6 @@ def _check_t(t, x: torch.Tensor, num_timesteps: int) -> torch.Tensor:
 def _math_dtype(x: torch.Tensor) -> torch.dtype:
     """float32 for low-precision data (a bf16 network output is upcast before any arithmetic), else x's dtype."""
     return torch.promote_types(x.dtype, torch.float32)
-
-
-def _gen_device(generator: torch.Generator | None, x: torch.Tensor):
-    return generator.device if generator is not None else x.device
 
 
 def timestep_subsequence(num_timesteps: int, steps: int) -> np.ndarray:

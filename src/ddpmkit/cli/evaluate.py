@@ -34,8 +34,7 @@ def _add_eval(sub) -> None:
 
 
 def cmd_eval(args) -> int:
-    import json
-
+    from ..distributed import cleanup, setup
     from ..evaluate.run import EvalRequest, evaluate
 
     if args.run_dir is None and args.samples is None:
@@ -50,10 +49,15 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed, inception=args.inception, features=args.features,
         device=None if args.device == "auto" else args.device, progress=not args.no_progress, out_dir=out.parent,
-        cache=cache_arg(args), classes=args.classes, guidance=args.guidance)
-    result = evaluate(request)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
+        cache=cache_arg(args), classes=args.classes, guidance=args.guidance, json=out)
+    info = setup(args.device)  # under torchrun: this rank's share of the sampling and the bound (ddpmkit.jobs)
+    request.device = str(info.device) if info.active else request.device
+    try:
+        result = evaluate(request, info)  # writes `out` after each metric
+    finally:
+        cleanup(info)
+    if result is None:  # not rank 0
+        return 0
     for key, value in result.items():
         if isinstance(value, float):
             print(f"{key:>26}  {value:.4f}")

@@ -29,19 +29,38 @@ def _add_sample(sub) -> None:
 
 
 def cmd_sample(args) -> int:
-    from ..figures.grid import save_grid
-    from ..pipeline import load
+    from ..distributed import cleanup, setup
 
     if args.n < 1 or args.batch_size < 1:
         raise UserError("--n and --batch-size must be at least 1")
+    info = setup(args.device)  # under torchrun: this rank draws its share (ddpmkit.jobs), rank 0 writes
+    try:
+        return _sample(args, info)
+    finally:
+        cleanup(info)
+
+
+def _sample(args, info) -> int:
+    from ..figures.grid import save_grid
+    from ..fileio import atomic_path
+    from ..jobs import remove_shards, run_job, sample_job, shard_root
+    from ..pipeline import load
+
     pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
-                device=None if args.device == "auto" else args.device)
+                device=info.device)
     sampler, steps, _, spacing = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
     labels, guidance = _sample_labels(args, pipe)
     n = args.n if labels is None else len(labels)
-    images = pipe.sample(n, sampler=sampler, steps=steps, eta=args.eta, spacing=spacing, seed=args.seed,
-                         batch_size=args.batch_size, progress=not args.no_progress, classes=labels, guidance=guidance)
     out = args.out or (args.run_dir / "sample_grid.png")
+    # image i depends only on (--seed, i); finished batches are shards beside the result, so the same command
+    # again after a kill continues from them
+    job = sample_job(pipe, n, seed=args.seed, sampler=sampler, steps=steps, eta=args.eta, spacing=spacing,
+                     labels=labels, guidance=guidance, batch_size=args.batch_size, ema=not args.no_ema,
+                     root=shard_root(args.npz or out), progress=not args.no_progress)
+    rows = run_job(job, info)
+    if rows is None:  # not rank 0
+        return 0
+    images = rows["images"]
     if args.per_class is not None:
         from ..figures.classgrid import save_class_grid
 
@@ -53,10 +72,11 @@ def cmd_sample(args) -> int:
     print(f"wrote {out} ({n} samples, step {pipe.step}{w}; {sampler}, {steps or pipe.diffusion.num_timesteps} "
           f"steps, {spacing} spacing, {pipe.nfe(sampler, steps)} NFE per sample{doubled})")
     if args.npz:
-        args.npz.parent.mkdir(parents=True, exist_ok=True)
-        arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": labels}
-        np.savez(args.npz, **arrays)
+        arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": rows["labels"]}
+        with atomic_path(args.npz) as tmp:
+            np.savez(tmp, **arrays)
         print(f"wrote {args.npz}: uint8 {images.shape}, key arr_0" + ("" if labels is None else ", labels arr_1"))
+    remove_shards(job)
     return 0
 
 

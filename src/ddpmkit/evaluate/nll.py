@@ -39,10 +39,16 @@ def bits_per_dim(diffusion: Diffusion, model, images: np.ndarray, *, batch_size:
         priors.append(out["prior_bpd"].cpu())
         terms.append(out["terms_bpd"].cpu())
         mses.append(out["x0_mse"].cpu())
-    total, prior = torch.cat(totals).numpy(), torch.cat(priors).numpy()
-    terms_all, mse_all = torch.cat(terms).numpy(), torch.cat(mses).numpy()  # (N, T)
-    mean_terms = terms_all.mean(0)
-    quarters = np.array_split(np.arange(1, diffusion.num_timesteps), 4)
+    rows = {"total_bpd": torch.cat(totals).numpy(), "prior_bpd": torch.cat(priors).numpy(),
+            "terms_bpd": torch.cat(terms).numpy(), "x0_mse": torch.cat(mses).numpy()}
+    return summarize_bound(rows, diffusion.num_timesteps)
+
+
+def summarize_bound(rows: dict, num_timesteps: int) -> dict:
+    """bits_per_dim's summary from the per-image rows total_bpd (N,), prior_bpd (N,), terms_bpd and x0_mse (N, T)."""
+    total, prior = rows["total_bpd"], rows["prior_bpd"]
+    mean_terms = rows["terms_bpd"].mean(0)
+    quarters = np.array_split(np.arange(1, num_timesteps), 4)
     return {
         "nll_bpd": float(total.mean()),
         "nll_bpd_sem": float(total.std(ddof=1) / np.sqrt(len(total))) if len(total) > 1 else float("nan"),
@@ -50,9 +56,35 @@ def bits_per_dim(diffusion: Diffusion, model, images: np.ndarray, *, batch_size:
         "decoder_bpd": float(mean_terms[0]),
         "diffusion_bpd_by_quarter": [float(mean_terms[q].sum()) for q in quarters],
         "terms_bpd": mean_terms,
-        "x0_mse": mse_all.mean(0),
+        "x0_mse": rows["x0_mse"].mean(0),
         "per_image_bpd": total,
     }
+
+
+def bound_job(pipe, images: np.ndarray, *, labels: np.ndarray | None = None, seed: int = 0, batch_size: int = 256,
+              root=None, progress: bool = False, identity: dict | None = None):
+    """The bound of every image as a ddpmkit.jobs.Job, split over processes and resumable: rows total_bpd,
+    prior_bpd, terms_bpd, x0_mse of image i, whose noise at each t depends only on (seed, i). With labels (a
+    conditional run), image i's bound is given its label, unguided."""
+    import hashlib
+
+    from ..jobs import Job, model_identity
+    from ..noise import RULE, ImageNoise
+
+    device = next(iter(pipe.model.parameters())).device
+
+    def work(index: np.ndarray) -> dict:
+        x0 = to_model_range(torch.from_numpy(images[index])).to(device)  # (B, C, H, W)
+        model = pipe.model if labels is None else pipe.guided(labels[index], 0.0).model
+        out = pipe.diffusion.vlb_terms(model, x0, generator=ImageNoise(seed, index))
+        return {k: out[k].cpu().numpy() for k in ("total_bpd", "prior_bpd", "terms_bpd", "x0_mse")}
+
+    digest = hashlib.sha256(np.ascontiguousarray(images).tobytes())
+    if labels is not None:
+        digest.update(np.ascontiguousarray(labels, dtype=np.int64).tobytes())
+    ident = {**model_identity(pipe), "seed": seed, "noise": RULE, "clip_denoised": True,
+             "images_sha256": digest.hexdigest(), **(identity or {})}
+    return Job("bound", len(images), ident, work, batch_size=batch_size, root=root, progress=progress)
 
 
 def save_terms(result: dict, path) -> None:

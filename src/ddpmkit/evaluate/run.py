@@ -6,6 +6,11 @@ References:
 
 Feature-based numbers (fid, is, pr) are only comparable within one feature space: the report names it.
 Real statistics come from the real split as stored, never augmented, and are cached by data set and extractor.
+
+The samples (with their features) and the bound are long jobs (ddpmkit.jobs): split over the ranks under torchrun,
+image i's noise from (seed, i) only, resumable from the shards beside the JSON (JSON.shards/). Every rank takes part
+in the jobs; rank 0 computes the metrics from what they gather and writes the JSON after each metric, so a later
+failure loses nothing already measured. The shards are removed when the whole evaluation is written.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ from pathlib import Path
 import numpy as np
 
 from ..data import ImageDataset, load_dataset
+from ..distributed import DistInfo
 from ..errors import DataError, UserError
 from ..samplers import model_device
 
 METRICS = ("nll", "fid", "is", "pr", "memo", "acc")
+FEATURE_METRICS = ("fid", "is", "pr", "acc")  # computed from the extractor's outputs of the samples
+SAMPLE_METRICS = (*FEATURE_METRICS, "memo")  # need the samples
 
 
 @dataclass
@@ -47,6 +55,8 @@ class EvalRequest:
     cache: object = None  # a folder of images through the decoded-image cache: see ddpmkit.data.load_dataset
     classes: str | None = None  # conditional run: --class (default: the training data's proportions)
     guidance: float | None = None  # conditional run: --guidance w
+    json: Path | None = None  # the result, rewritten (atomically) as soon as each metric is known
+    shards: Path | None = None  # the jobs' shard folder (default JSON.shards; None without json: in memory)
 
 
 @dataclass
@@ -54,31 +64,79 @@ class _Context:
     request: EvalRequest
     real: ImageDataset
     pipe: object = None
-    _samples: np.ndarray | None = None
-    _labels: np.ndarray | None = None
+    info: DistInfo = field(default_factory=DistInfo)
+    _fake: dict | None = None  # rows of the samples: images, labels (if any), the extractor's outputs (if any)
+    _bound: dict | None = None  # rows of the bound: total_bpd, prior_bpd, terms_bpd, x0_mse
     _extractor: object = None
     _feats: dict = field(default_factory=dict)
+    jobs: list = field(default_factory=list)
     result: dict = field(default_factory=dict)
 
-    def samples(self) -> np.ndarray:
-        if self._samples is None:
+    @property
+    def shard_root(self) -> Path | None:
+        from ..jobs import shard_root
+
+        r = self.request
+        return r.shards if r.shards is not None else (shard_root(r.json) if r.json is not None else None)
+
+    def fake(self) -> dict:
+        """The samples' rows: from --samples, or from the sampling job (every rank takes part; rows on rank 0)."""
+        if self._fake is None:
             r = self.request
             if r.samples is not None:
-                self._samples, self._labels = read_samples(r.samples, self.real, with_labels=True)
+                images, labels = read_samples(r.samples, self.real, with_labels=True)
+                self._fake = {"images": images, **({} if labels is None else {"labels": labels})}
             else:
-                from .conditional import sample_labels
+                self._fake = self._sample()
+            if self.info.is_main:
+                self.result["n"] = len(self._fake["images"])
+                self.result["samples_from"] = str(r.samples) if r.samples else "model"
+        return self._fake
 
-                self._labels = sample_labels(self.pipe, r)
-                self._samples = self.pipe.sample(r.n, sampler=r.sampler, steps=r.steps, eta=r.eta, spacing=r.spacing,
-                                                 seed=r.seed, batch_size=r.batch_size, progress=r.progress,
-                                                 classes=self._labels,
-                                                 guidance=r.guidance if self._labels is not None else None)
-        return self._samples
+    def _sample(self) -> dict:
+        from ..jobs import run_job, sample_job
+        from .conditional import sample_labels
+
+        r, pipe = self.request, self.pipe
+        labels = sample_labels(pipe, r)
+        features = self.extractor() if any(m in FEATURE_METRICS for m in r.metrics) else None
+        job = sample_job(pipe, r.n, seed=r.seed, sampler=r.sampler, steps=r.steps, eta=r.eta, spacing=r.spacing,
+                         labels=labels, guidance=r.guidance if labels is not None else None, features=features,
+                         ema=r.ema, batch_size=r.batch_size, root=self.shard_root, progress=r.progress)
+        self.jobs.append(job)
+        if pipe.classes is not None:
+            self.result["classes_sampled"] = r.classes or "the training data's proportions"
+            self.result["guidance"] = r.guidance or 0.0
+        return run_job(job, self.info) or {}
+
+    def bound(self) -> dict:
+        """The bound's rows of the first nll_n real images (every rank takes part; rows on rank 0)."""
+        if self._bound is None:
+            from ..jobs import run_job
+            from .nll import bound_job
+
+            r, pipe = self.request, self.pipe
+            if pipe is None:
+                raise UserError("--metrics nll needs a trained run (RUN_DIR), not only --samples")
+            images = self.real.images[: r.nll_n]
+            labels = None
+            if pipe.classes is not None:  # a conditional run: its bound given each image's label
+                if self.real.labels is None:
+                    raise UserError(f"--metrics nll of a conditional run needs the real images' labels; "
+                                    f"{self.real.name} has none: evaluate on its own labelled data set")
+                labels = self.real.labels[: len(images)]
+            job = bound_job(pipe, images, labels=labels, seed=r.seed, batch_size=r.batch_size, root=self.shard_root,
+                            progress=r.progress, identity={"ema": r.ema, "data": self.real.name, "split": r.split})
+            self.jobs.append(job)
+            self._bound = run_job(job, self.info) or {}
+        return self._bound
+
+    def samples(self) -> np.ndarray:
+        return self.fake()["images"]
 
     def labels(self) -> np.ndarray | None:
         """The class each sample was drawn for (a conditional run, or arr_1 of --samples), else None."""
-        self.samples()
-        return self._labels
+        return self.fake().get("labels")
 
     def extractor(self):
         if self._extractor is None:
@@ -86,19 +144,27 @@ class _Context:
             if r.features is not None:
                 from .classifier import load_classifier
 
-                self._extractor = load_classifier(r.features)
+                self._extractor = load_classifier(r.features, device=self._device())
             else:
                 from .inception import load_inception
 
-                self._extractor = load_inception(r.inception)
+                self._extractor = load_inception(r.inception, device=self._device())
             self.result["feature_extractor"] = self._extractor.name
         return self._extractor
 
+    def _device(self):
+        """Where the feature network runs: beside the model (each rank's device), else the CPU."""
+        return model_device(self.pipe.model) if self.pipe is not None else "cpu"
+
     def features(self, which: str) -> dict:
-        """{"features", "logits"} of the samples ("fake") or the real split ("real")."""
+        """{"features", "logits", ...} of the samples ("fake", computed in the sampling job where it ran) or the
+        real split ("real")."""
         if which not in self._feats:
-            images = self.samples() if which == "fake" else self.real.images
-            self._feats[which] = self.extractor()(images, progress=self.request.progress)
+            if which == "fake" and "features" in self.fake():
+                self._feats[which] = {k: v for k, v in self.fake().items() if k not in ("images", "labels")}
+            else:
+                images = self.samples() if which == "fake" else self.real.images
+                self._feats[which] = self.extractor()(images, progress=self.request.progress)
         return self._feats[which]
 
 
@@ -126,22 +192,16 @@ def read_samples(path: Path, real: ImageDataset, with_labels: bool = False):
 
 
 def _nll(ctx: _Context) -> None:
-    from .nll import bits_per_dim, save_terms
-
-    if ctx.pipe is None:
-        raise UserError("--metrics nll needs a trained run (RUN_DIR), not only --samples")
-    from .conditional import nll_model
+    from .nll import save_terms, summarize_bound
 
     r, pipe = ctx.request, ctx.pipe
-    images = ctx.real.images[: r.nll_n]
-    model, one_batch = nll_model(pipe, ctx.real, len(images))  # a conditional run: its bound given the labels
-    out = bits_per_dim(pipe.diffusion, model, images, batch_size=one_batch or r.batch_size, seed=r.seed,
-                       progress=r.progress, device=model_device(pipe.model))
-    if one_batch:
+    rows = ctx.bound()
+    out = summarize_bound(rows, pipe.diffusion.num_timesteps)
+    if pipe.classes is not None:
         ctx.result["nll_note"] = "conditional bound -log p(x0 | c) with the real labels, unguided"
     ctx.result.update({k: out[k] for k in ("nll_bpd", "nll_bpd_sem", "prior_bpd", "decoder_bpd",
                                            "diffusion_bpd_by_quarter")})
-    ctx.result["nll_n"] = len(images)
+    ctx.result["nll_n"] = len(rows["total_bpd"])
     if r.out_dir is not None:
         save_terms(out, r.out_dir / "nll_terms.npz")
         ctx.result["nll_terms_file"] = str(r.out_dir / "nll_terms.npz")
@@ -208,8 +268,9 @@ def _acc(ctx: _Context) -> None:
 RUNNERS = {"nll": _nll, "fid": _fid, "is": _is, "pr": _pr, "memo": _memo, "acc": _acc}
 
 
-def evaluate(request: EvalRequest) -> dict:
-    """Run the requested metrics; returns the JSON-ready result with what was used."""
+def evaluate(request: EvalRequest, info: DistInfo | None = None) -> dict | None:
+    """Run the requested metrics; returns the JSON-ready result with what was used (None on ranks other than 0
+    under torchrun: `info` from ddpmkit.distributed.setup; every rank calls this with the same request)."""
     bad = [m for m in request.metrics if m not in RUNNERS]
     if bad:
         raise UserError(f"--metrics {','.join(bad)}: unknown; choose from {','.join(METRICS)}")
@@ -231,7 +292,7 @@ def evaluate(request: EvalRequest) -> dict:
         size = pipe.image_size
         raise DataError(f"--data {request.data}: images are {real.image_size}x{real.image_size}x{real.channels}, the "
                         f"model makes {size}x{size}x{pipe.channels}: evaluate on the data set it was trained on")
-    ctx = _Context(request, real, pipe)
+    ctx = _Context(request, real, pipe, info or DistInfo())
     if pipe is not None:
         sampler, steps, _, spacing = pipe.sampler_settings(request.sampler, request.steps, request.eta,
                                                            request.spacing)
@@ -240,14 +301,37 @@ def evaluate(request: EvalRequest) -> dict:
                            "nfe": pipe.nfe(sampler, steps)})
     ctx.result.update({"data": real.name, "split": request.split, "n_real": len(real)})
     for metric in request.metrics:
-        RUNNERS[metric](ctx)
-    if ctx._samples is not None:
-        ctx.result["n"] = len(ctx._samples)
-        ctx.result["samples_from"] = str(request.samples) if request.samples else "model"
-        if pipe is not None and pipe.classes is not None and request.samples is None:
-            ctx.result["classes_sampled"] = request.classes or "the training data's proportions"
-            ctx.result["guidance"] = request.guidance or 0.0
+        _run_metric(ctx, metric)
     if "feature_extractor" in ctx.result:
         ctx.result["feature_space_note"] = (f"fid/is/pr are in the feature space of {ctx.result['feature_extractor']}"
                                             "; comparable only with numbers in that same space")
+    if not ctx.info.is_main:
+        return None
+    _write(ctx)
+    from ..jobs import remove_shards
+
+    for job in ctx.jobs:  # everything is written: the shards are no longer needed
+        remove_shards(job)
     return ctx.result
+
+
+def _run_metric(ctx: _Context, metric: str) -> None:
+    """The jobs the metric needs, on every rank; then the metric itself on rank 0, and the JSON rewritten."""
+    if metric == "nll":
+        ctx.bound()
+    elif metric in SAMPLE_METRICS and ctx.request.samples is None:
+        ctx.fake()
+    if ctx.info.is_main:
+        RUNNERS[metric](ctx)
+        _write(ctx)
+
+
+def _write(ctx: _Context) -> None:
+    """The result so far as the JSON file (atomically), if one is asked for."""
+    import json
+
+    from ..fileio import atomic_path
+
+    if ctx.request.json is not None:
+        with atomic_path(ctx.request.json) as tmp:
+            tmp.write_text(json.dumps(ctx.result, indent=2) + "\n")

@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 
 import torch
 
+from ..noise import randn
 
-def noise_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    """Standard normal noise shaped like x; drawn on the generator's device so a seed means the same noise."""
-    device = generator.device if generator is not None else x.device
-    return torch.randn(x.shape, generator=generator, device=device, dtype=x.dtype).to(x.device)
+
+def noise_like(x: torch.Tensor, generator) -> torch.Tensor:
+    """Standard normal noise shaped like x; drawn on the generator's device so a seed means the same noise, or
+    per image from a ddpmkit.noise.ImageNoise (each image's noise depends only on (seed, its index))."""
+    return randn(x.shape, generator, device=x.device, dtype=x.dtype)
 
 
 @dataclass
