@@ -41,6 +41,7 @@ from tqdm.auto import tqdm
 from .data import from_model_range
 from .fileio import atomic_path
 from .noise import RULE, ImageNoise
+from .store.faults import fault_point
 from .distributed import DistInfo, all_sum, barrier, broadcast_object
 
 SHARDS = ".shards"
@@ -101,6 +102,7 @@ def run_job(job: Job, info: DistInfo | None = None) -> dict | None:
             if k < len(batches):
                 start, stop = batches[k]
                 write_shard(job, start, stop, job.work(np.arange(start, stop)))
+                fault_point("jobs:shard")  # tests: a kill right after a shard is in place
                 count = stop - start
             bar.update(all_sum(info, count))
     barrier(info)
@@ -163,7 +165,9 @@ def sample_job(pipe, n: int, *, seed: int = 0, sampler: str | None = None, steps
         model = pipe.model if labels is None else pipe.guided(labels[index], w).model
         x = pipe.diffusion.sample(model, shape, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                   generator=ImageNoise(seed, index))
-        rows = {"images": from_model_range(x.cpu()).numpy()}
+        # a fresh copy: the permuted tensor's strides (also for C = 1) would send the feature network down another
+        # kernel path than the same images read from an .npz, and its features would differ in the last bits
+        rows = {"images": from_model_range(x.cpu()).numpy().copy()}
         if labels is not None:
             rows["labels"] = np.asarray(labels[index], dtype=np.int64)
         if features is not None:

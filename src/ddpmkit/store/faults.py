@@ -31,6 +31,10 @@ and the rest in `ddpmkit.store.checkpoint.save_checkpoint`:
     save:after_rename     the new checkpoint is in place; old ones not pruned, stale temp folders not removed
     save:prune            in the middle of pruning: one old checkpoint renamed to `.trash-*`, not yet deleted
 
+the long sampling and evaluation jobs (`ddpmkit.jobs`):
+
+    jobs:shard            after each shard of a job is written and renamed into place
+
 and the decoded-image cache's build (`ddpmkit.data.cache`):
 
     cache:chunk           after each chunk of images is written to the temporary images file
