@@ -12,15 +12,17 @@ from ddpmkit import oracle
 from ddpmkit.data import to_model_range
 from ddpmkit.diffusion import Diffusion
 from ddpmkit.evaluate.nll import bits_per_dim
+from ddpmkit.noise import ImageNoise
 
 
 def direct_total_for_eps_zero(d: Diffusion, x0: np.ndarray, seed: int) -> np.ndarray:
-    """L_T + sum of every term, written out with SciPy, drawing the noise exactly as vlb_terms does."""
-    g = torch.Generator().manual_seed(seed)
+    """L_T + sum of every term, written out with SciPy, drawing the noise exactly as bits_per_dim does: image i's
+    from its own stream (seed, i), one (C, H, W) block per t from T-1 down to 0."""
+    g = ImageNoise(seed, range(len(x0)))
     n = len(x0)
     total = np.zeros(n)
     for i in range(d.num_timesteps - 1, -1, -1):
-        noise = torch.randn(x0.shape, generator=g).double().numpy()
+        noise = g.randn(x0.shape).double().numpy()
         ab, ab_prev = float(d.alpha_bar[i]), float(d.alpha_bar_prev[i])
         beta, alpha = float(d.beta[i]), float(d.alpha[i])
         xt = math.sqrt(ab) * x0 + math.sqrt(1 - ab) * noise

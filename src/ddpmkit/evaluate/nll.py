@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 
 from ..data import to_model_range
 from ..diffusion import Diffusion
+from ..noise import RULE, ImageNoise
 
 
 @torch.no_grad()
@@ -28,12 +29,13 @@ def bits_per_dim(diffusion: Diffusion, model, images: np.ndarray, *, batch_size:
     Returns nll_bpd (the mean total), nll_bpd_sem (its standard error over images), prior_bpd (L_T),
     decoder_bpd (L_0), diffusion_bpd_by_quarter (the terms L_1..L_{T-1} summed over four equal ranges of t, from
     small t to large), terms_bpd (T,) and x0_mse (T,) averaged over images (index t = paper's t + 1), and
-    per_image_bpd (N,).
+    per_image_bpd (N,). Image i's noise depends only on (seed, i) (ddpmkit.noise), so the result does not depend on
+    the batch size, and equals `ddpm eval --metrics nll` split over any number of processes (bound_job).
     """
-    generator = torch.Generator(device).manual_seed(seed)
     totals, priors, terms, mses = [], [], [], []
     for start in tqdm(range(0, len(images), batch_size), disable=not progress, desc="nll batches"):
         x0 = to_model_range(torch.from_numpy(images[start:start + batch_size])).to(device)  # (B, C, H, W)
+        generator = ImageNoise(seed, range(start, start + len(x0)))
         out = diffusion.vlb_terms(model, x0, clip_denoised=clip_denoised, progress=progress, generator=generator)
         totals.append(out["total_bpd"].cpu())
         priors.append(out["prior_bpd"].cpu())
@@ -69,7 +71,6 @@ def bound_job(pipe, images: np.ndarray, *, labels: np.ndarray | None = None, see
     import hashlib
 
     from ..jobs import Job, model_identity
-    from ..noise import RULE, ImageNoise
 
     device = next(iter(pipe.model.parameters())).device
 
