@@ -195,7 +195,7 @@ def main() -> None:
     a = p.parse_args()
     torch.set_num_threads(a.threads)
     a.out.mkdir(parents=True, exist_ok=True)
-    print(f"{open('/proc/cpuinfo').read().split('model name')[1].split(chr(10))[0].strip(': ')}; torch "
+    print(f"{open('/proc/cpuinfo').read().split('model name')[1].split(chr(10))[0].split(':', 1)[1].strip()}; torch "
           f"{torch.__version__}; {a.threads} thread(s) per process; load: {os.getloadavg()}", flush=True)
     run, clf = make_run(a.out, a.threads)
     r = one_against_two(a, run, clf, a.out)

@@ -75,3 +75,13 @@ def test_truncated_altered_and_foreign_shards_are_redone_never_read(tmp_path, re
     assert all(np.array_equal(rows[k], reference[k]) for k in reference)
     for words in ("unreadable", "altered", "from another job", "rows do not match its name"):
         assert words in err, err
+
+
+def test_a_conditional_run_s_label_i_depends_only_on_the_seed_and_i():
+    from ddpmkit.classes import labels_for
+
+    names, counts = [str(c) for c in range(10)], list(range(1, 11))
+    long = labels_for(50, None, names, counts, seed=3)
+    assert np.array_equal(labels_for(17, None, names, counts, seed=3), long[:17])
+    assert not np.array_equal(labels_for(50, None, names, counts, seed=4), long)
+    assert np.array_equal(labels_for(7, ["1", "2", "5"], names, None, seed=3), [1, 2, 5, 1, 2, 5, 1])
