@@ -16,9 +16,11 @@ def _add_sample(sub) -> None:
     p.add_argument("--checkpoint", type=Path, help="a checkpoint folder to use instead of the newest")
     p.add_argument("--n", type=int, default=64, help="number of samples (default 64)")
     p.add_argument("--out", type=Path, help="grid PNG to write (default RUN_DIR/sample_grid.png)")
-    p.add_argument("--npz", type=Path, help="also write uint8 (N, H, W, C) under key arr_0 (the ADM format)")
+    p.add_argument("--npz", type=Path, help="also write uint8 (N, H, W, C) under key arr_0 (the ADM format); "
+                   "finished batches wait in NPZ.shards/, so the same command after a kill resumes")
     add_sampler_options(p)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="image i depends only on (seed, i): any --batch-size or "
+                   "number of torchrun processes gives the same images")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--no-ema", action="store_true", help="use the training weights instead of the EMA")
     p.add_argument("--device", default="auto")
