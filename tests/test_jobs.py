@@ -85,3 +85,16 @@ def test_a_conditional_run_s_label_i_depends_only_on_the_seed_and_i():
     assert np.array_equal(labels_for(17, None, names, counts, seed=3), long[:17])
     assert not np.array_equal(labels_for(50, None, names, counts, seed=4), long)
     assert np.array_equal(labels_for(7, ["1", "2", "5"], names, None, seed=3), [1, 2, 5, 1, 2, 5, 1])
+
+
+def test_a_full_disk_is_one_line_naming_the_shard_folder(tmp_path, monkeypatch):
+    import errno
+
+    from ddpmkit.errors import UserError
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(np, "savez", full)
+    with pytest.raises(UserError, match="out.npz.shards.*No space left on device.*resumes"):
+        run_job(job(tmp_path, Work(), batch_size=5))

@@ -39,6 +39,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from .data import from_model_range
+from .errors import UserError
 from .fileio import atomic_path
 from .noise import RULE, ImageNoise
 from .store.faults import fault_point
@@ -116,7 +117,7 @@ def remove_shards(job: Job) -> None:
     shutil.rmtree(job.folder, ignore_errors=True)
     (job.folder.parent / f"{job.folder.name}.json").unlink(missing_ok=True)
     try:
-        job.root.rmdir()
+        Path(job.root).rmdir()
     except OSError:
         pass  # other jobs' shards are still there, or it is gone already
 
@@ -202,10 +203,18 @@ def write_shard(job: Job, start: int, stop: int, arrays: dict) -> Path:
     rows = _checked(job, start, stop, arrays)
     path = job.folder / f"{start:09d}-{stop:09d}.npz"
     key = job.key
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        np.savez(f, **rows, **{_KEY: np.frombuffer(key.encode(), np.uint8), _DIGEST: np.frombuffer(
-            _digest(key, rows).encode(), np.uint8)})
+    try:
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.savez(f, **rows, **{_KEY: np.frombuffer(key.encode(), np.uint8), _DIGEST: np.frombuffer(
+                _digest(key, rows).encode(), np.uint8)})
+    except OSError as err:
+        raise _unwritable(job, err) from None
     return path
+
+
+def _unwritable(job: Job, err: OSError) -> UserError:
+    return UserError(f"{job.folder}: cannot write the job's shards there ({err.strerror or err}); free space or "
+                     "choose another output location (the same command resumes from the shards written)")
 
 
 def read_shard(path: Path, key: str) -> tuple[dict | None, str]:
@@ -228,9 +237,12 @@ def read_shard(path: Path, key: str) -> tuple[dict | None, str]:
 def _scan(job: Job) -> list[tuple[int, int]]:
     """The (start, stop) of the shards that verify, not overlapping; the rest is reported and removed (rank 0)."""
     folder = job.folder
-    folder.mkdir(parents=True, exist_ok=True)
-    (folder.parent / f"{folder.name}.json").write_text(json.dumps({"name": job.name, "n": job.n,
-                                                                  **job.identity}, indent=1, default=str) + "\n")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder.parent / f"{folder.name}.json").write_text(json.dumps({"name": job.name, "n": job.n,
+                                                                      **job.identity}, indent=1, default=str) + "\n")
+    except OSError as err:
+        raise _unwritable(job, err) from None
     done, covered = [], np.zeros(job.n, dtype=bool)
     for path in sorted(folder.iterdir()):
         m = _SHARD_NAME.fullmatch(path.name)
