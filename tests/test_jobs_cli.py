@@ -99,8 +99,7 @@ def test_sigkill_at_random_moments_and_the_same_command_again_is_bit_exact(root,
         time.sleep(0.02)
     time.sleep(delay)
     proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert not out.exists() or proc.returncode == 0, log
+    proc.wait()  # the kill may even come after the .npz is in place, while the shards are being removed
     final = cli(args)
     assert final.returncode == 0, (log, final.stderr[-2000:])
     assert np.array_equal(images(out), reference), log
