@@ -26,7 +26,7 @@ from ..errors import DataError, UserError
 from ..samplers import model_device
 
 METRICS = ("nll", "fid", "is", "pr", "memo", "acc")
-FEATURE_METRICS = ("fid", "is", "pr", "acc")  # computed from the extractor's outputs of the samples
+FEATURE_METRICS = ("fid", "is", "pr", "acc", "kid")  # computed from the extractor's outputs of the samples
 SAMPLE_METRICS = (*FEATURE_METRICS, "memo")  # need the samples
 
 
@@ -133,6 +133,11 @@ class _Context:
 
     def samples(self) -> np.ndarray:
         return self.fake()["images"]
+
+    @property
+    def _samples(self) -> np.ndarray | None:
+        """The samples if they were drawn or read already, else None (without drawing them)."""
+        return None if not self._fake else self._fake.get("images")
 
     def labels(self) -> np.ndarray | None:
         """The class each sample was drawn for (a conditional run, or arr_1 of --samples), else None."""
