@@ -35,7 +35,8 @@ def classify(clf, images: np.ndarray, labels: np.ndarray) -> dict:
     logits = clf(images)["logits"]
     p = np.exp(logits - logits.max(1, keepdims=True))
     p /= p.sum(1, keepdims=True)
-    return {"p_true": float(p[np.arange(len(labels)), labels].mean()), "accuracy": float((p.argmax(1) == labels).mean())}
+    return {"p_true": float(p[np.arange(len(labels)), labels].mean()),
+            "accuracy": float((p.argmax(1) == labels).mean())}
 
 
 def masked_rmse(images: np.ndarray, filled: np.ndarray, keep: np.ndarray) -> float:

@@ -110,3 +110,19 @@ def test_bad_input_is_one_line_and_exit_2(run, tmp_path, capsys, argv, words):
     extra = ["--npz", str(tmp_path / "x.npz")] if argv[0] == "encode" else []
     assert main([argv[0], str(run), *argv[1:], *extra, "--no-progress"]) == 2
     one_line_error(capsys, *words)
+
+
+def test_conditional_run_takes_class_and_guidance_in_every_command(tmp_path, capsys):
+    cond = tmp_path / "cond"
+    assert main(["train", "--out", str(cond), "--steps", "2", "--checkpoint-every", "2", "--sample-every", "0",
+                 "--conditional", *TINY]) == 0
+    common = ["--image", "0", "--data", "digits", "--class", "3", "--guidance", "1", "--no-progress"]
+    assert main(["reconstruct", str(cond), "--t", "5,20", "--n", "2", "--out", str(tmp_path / "r.png"), *common]) == 0
+    assert main(["inpaint", str(cond), "--mask", "top", "--n", "2", "--out", str(tmp_path / "i.png"), *common]) == 0
+    npz = tmp_path / "z.npz"
+    assert main(["encode", str(cond), "--steps", "5", "--npz", str(npz), *common]) == 0
+    assert main(["sample", str(cond), "--x-T", str(npz), "--class", "3", "--guidance", "1",
+                 "--out", str(tmp_path / "s.png"), "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["reconstruct", str(cond), "--t", "5", "--n", "1", *common[:4], "--class", "3,4"]) == 2
+    one_line_error(capsys, "--class 3,4", "one class")
