@@ -108,10 +108,10 @@ def _add_inpaint(sub) -> None:
     p = sub.add_parser("inpaint", help="fill in the masked part of images (RePaint)",
                        description="RePaint (Lugmayr et al. 2022) with the run's own model, no training for the "
                                    "task: at every reverse step the known pixels are replaced by a draw of "
-                                   "q(x_t | x_0); with --resample R > 1 the chain jumps back --jump J steps and comes down again R - 1 "
-                                   "times at every J-th step (about R x steps network evaluations). Kept pixels come "
-                                   "back exactly as given. One row per image: the image with its hole grey, then "
-                                   "the inpaintings.")
+                                   "q(x_t | x_0); with --resample R > 1 the chain jumps back --jump J steps and comes "
+                                   "down again R - 1 times at every J-th step (about R x steps network evaluations). "
+                                   "The mask's WHITE pixels are kept and come back exactly as given. One row per "
+                                   "image: the image with its hole grey, then the inpaintings.")
     _add_inputs(p, "the inpaintings, uint8 (N n, H, W, C) under arr_0 (ADM layout; image-major)")
     p.add_argument("--mask", required=True,
                    help="a mask image of the model's size: WHITE pixels are KEPT, black ones filled in; or one of "
