@@ -6,6 +6,7 @@
     decode       x_T -> x_0 with the same deterministic solver                               -> (N, C, H, W)
 The tensor-level cores (sample_from_t, repaint, ode_encode) take (diffusion, model, x) and work with any model,
 the exact oracles of ddpmkit.oracle included. The `ddpm reconstruct|inpaint|encode` commands draw them.
+A conditional run: pass `pipe.guided(class, guidance)`, whose model carries the label [CFG Eq. 6].
 """
 
 from .encode import ENCODERS, decode, encode, ode_encode, round_trip_error
