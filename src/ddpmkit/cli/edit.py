@@ -67,7 +67,7 @@ def _add_reconstruct(sub) -> None:
                                              "(default 100,250,500,750,1000 for T = 1000; the same fractions of T)")
     p.add_argument("--n", type=int, default=4, help="samples of p(x0 | x_t) per image and t (default 4)")
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/reconstruct.png)")
-    add_sampler_options(p, default="ancestral on all t steps (Algorithm 2 from t); --steps K uses K of them")
+    add_sampler_options(p, default="ancestral on all t steps (Algorithm 2 from t; --steps above t counts as t)")
 
 
 def _parse_t(text: str | None):
