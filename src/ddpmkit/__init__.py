@@ -7,6 +7,7 @@ The public API, re-exported:
     ClassifierFreeGuidance   a conditional net guided [CFG Eq. 6], presented as model(x_t, t) (guidance.py)
     load            a trained run -> Pipeline with .model, .diffusion, .sample(n)
     trajectory, interpolate, rate_distortion   the arrays behind the paper's Figs. 6, 8 and 5 (see figures/)
+    reconstruct, inpaint, encode, decode   image editing: Fig. 7 and SDEdit, RePaint, ODE inversion (see edit/)
     RunConfig, load_config, Trainer, load_dataset
 """
 
@@ -16,6 +17,7 @@ from . import guidance, oracle, samplers, schedules
 from .config import RunConfig, load_config
 from .data import load_dataset
 from .diffusion import Diffusion
+from .edit import decode, encode, inpaint, reconstruct
 from .errors import UserError
 from .figures import interpolate, rate_distortion, trajectory
 from .guidance import NO_CLASS, ClassifierFreeGuidance
@@ -32,4 +34,5 @@ def __getattr__(name):
 
 
 __all__ = ["Diffusion", "UNet", "oracle", "schedules", "guidance", "ClassifierFreeGuidance", "NO_CLASS", "load", "Pipeline", "RunConfig", "load_config",
-           "load_dataset", "Trainer", "UserError", "trajectory", "interpolate", "rate_distortion", "__version__"]
+           "load_dataset", "Trainer", "UserError", "trajectory", "interpolate", "rate_distortion", "reconstruct", "inpaint", "encode", "decode",
+           "__version__"]

@@ -15,6 +15,11 @@ Class-conditional: `gaussian_mixture(..., classes=[c_1, .., c_K])` gives each co
 takes labels, model(x_t, t, y), as a conditional network does, and denoises exactly under p(x_0 | c), the mixture of
 class c's components with their weights renormalised; the label NO_CLASS (-1), or y = None, means the whole
 mixture p(x_0). Wrapped in `guidance.ClassifierFreeGuidance` it is the exact guided model [CFG Eq. 6].
+
+Full covariance: `gaussian_mixture_full(diffusion, means, covs, weights)` has correlated components (K, D, D), and
+with them the exact answers that image editing is measured against: the component masses p(k | x_t)
+(`responsibilities`), the conditional of some coordinates given the others (`conditional`, for inpainting) and,
+for one component, the probability-flow ODE in closed form (`flow`, for encoding).
 """
 
 from __future__ import annotations
@@ -122,6 +127,93 @@ class GaussianMixtureOracle(_Oracle):
         return self.means[k] + self.var0[k].sqrt() * z, k
 
 
+class FullCovarianceMixtureOracle(_Oracle):
+    """E[x_0 | x_t] when q(x_0) = sum_k w_k N(mu_k, Sigma_k) with full covariances: closed form.
+
+    Under q(x_t | x_0) [DDPM Eq. 4] component k gives x_t ~ N(a mu_k, a^2 Sigma_k + (1 - a^2) I), a = sqrt(ab), and
+    E[x_0 | x_t, k] = mu_k + a Sigma_k (a^2 Sigma_k + (1 - a^2) I)^-1 (x_t - a mu_k) (Gaussian conditioning).
+    """
+
+    def __init__(self, diffusion: Diffusion, means, covs, weights, **kwargs):
+        super().__init__(diffusion, **kwargs)
+        means = torch.as_tensor(means, dtype=torch.float64)
+        means = means.reshape(len(means), -1)  # (K, D)
+        covs = torch.as_tensor(covs, dtype=torch.float64).reshape(len(means), means.shape[1], means.shape[1])
+        if not bool(torch.allclose(covs, covs.transpose(1, 2))) or bool((torch.linalg.eigvalsh(covs) <= 0).any()):
+            raise ConfigError("gaussian_mixture_full: every covariance must be symmetric positive definite")
+        weights = torch.as_tensor(weights, dtype=torch.float64)
+        self.register_buffer("means", means)
+        self.register_buffer("covs", covs)  # (K, D, D)
+        self.register_buffer("log_weights", torch.log(weights / weights.sum()))
+
+    def _components(self, flat, alpha_bar):
+        """(log p(k | x_t) (B, K), E[x_0 | x_t, k] (B, K, D)) for flat x_t (B, D) and alpha_bar (B, 1)."""
+        if bool((alpha_bar == alpha_bar[0]).all()):  # one timestep for the batch: one factorisation
+            alpha_bar = alpha_bar[:1]
+        a = alpha_bar.sqrt().reshape(-1, 1, 1, 1)  # (B or 1, 1, 1, 1)
+        eye = torch.eye(self.means.shape[1], dtype=flat.dtype, device=flat.device)
+        cov_t = a**2 * self.covs + (1 - a**2) * eye  # (B, K, D, D): marginal covariance of x_t given k
+        resid = flat.unsqueeze(1) - a[..., 0] * self.means  # (B, K, D)
+        chol = torch.linalg.cholesky(cov_t)
+        solved = torch.cholesky_solve(resid.unsqueeze(-1), chol)  # (B, K, D, 1): cov_t^-1 resid
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (B, K)
+        log_lik = -0.5 * ((resid.unsqueeze(-1) * solved).sum((-2, -1)) + logdet)  # 2 pi dropped
+        log_resp = torch.log_softmax(self.log_weights + log_lik, dim=1)
+        x0_k = self.means + a[..., 0] * (self.covs @ solved).squeeze(-1)  # (B, K, D)
+        return log_resp, x0_k
+
+    def posterior_mean(self, xt, alpha_bar, y):
+        if y is not None:
+            raise ConfigError("gaussian_mixture_full oracle: it has no classes")
+        log_resp, x0_k = self._components(xt, alpha_bar)
+        return (log_resp.exp().unsqueeze(2) * x0_k).sum(1)
+
+    def responsibilities(self, x: torch.Tensor, alpha_bar: float | torch.Tensor = 1.0) -> torch.Tensor:
+        """p(k | x_t) (B, K) for x_t (B, ...) at alpha_bar (a float or (B,)); alpha_bar = 1 gives p(k | x_0)."""
+        flat = x.reshape(len(x), -1).double()
+        ab = torch.as_tensor(alpha_bar, dtype=torch.float64).reshape(-1, 1).expand(len(x), 1)
+        return self._components(flat, ab)[0].exp()
+
+    def sample(self, n: int, generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """n draws of x_0 (float64, (n, D)) and their component labels."""
+        k = torch.multinomial(self.log_weights.exp(), n, replacement=True, generator=generator)
+        z = torch.randn(n, self.means.shape[1], 1, generator=generator, dtype=torch.float64)
+        return self.means[k] + (torch.linalg.cholesky(self.covs)[k] @ z).squeeze(-1), k
+
+    def conditional(self, x_obs: torch.Tensor, observed) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The exact p(x_u | x_o) of the unobserved coordinates u given the observed ones o (a bool (D,) mask):
+        a mixture with weights (B, K), means (B, K, U) and covariances (K, U, U) [Gaussian conditioning:
+        mu_u + S_uo S_oo^-1 (x_o - mu_o), S_uu - S_uo S_oo^-1 S_ou; weights w_k N(x_o; mu_o, S_oo) renormalised]."""
+        o = torch.as_tensor(observed, dtype=torch.bool).reshape(-1)
+        u = ~o
+        x_obs = torch.as_tensor(x_obs, dtype=torch.float64).reshape(-1, int(o.sum()))  # (B, O)
+        s_oo, s_uo = self.covs[:, o][:, :, o], self.covs[:, u][:, :, o]  # (K, O, O), (K, U, O)
+        s_uu = self.covs[:, u][:, :, u]
+        resid = x_obs.unsqueeze(1) - self.means[:, o]  # (B, K, O)
+        chol = torch.linalg.cholesky(s_oo)
+        solved = torch.cholesky_solve(resid.unsqueeze(-1), chol)  # (B, K, O, 1)
+        logdet = 2 * torch.log(torch.diagonal(chol, dim1=-2, dim2=-1)).sum(-1)  # (K,)
+        log_lik = -0.5 * ((resid.unsqueeze(-1) * solved).sum((-2, -1)) + logdet)
+        weights = torch.softmax(self.log_weights + log_lik, dim=1)
+        means = self.means[:, u] + (s_uo @ solved).squeeze(-1)  # (B, K, U)
+        covs = s_uu - s_uo @ torch.cholesky_solve(s_uo.transpose(1, 2), chol)
+        return weights, means, covs
+
+    def flow(self, x: torch.Tensor, alpha_bar_from: float, alpha_bar_to: float) -> torch.Tensor:
+        """The probability-flow ODE of one Gaussian N(mu, Sigma) in closed form, from alpha_bar_from to alpha_bar_to:
+        x_to = a_to mu + C_to^(1/2) C_from^(-1/2) (x_from - a_from mu), C = ab Sigma + (1 - ab) I (both are
+        functions of Sigma, so they commute). alpha_bar = 1 is the data."""
+        if len(self.means) != 1:
+            raise ConfigError("oracle flow: the closed-form flow is for one Gaussian component")
+        evals, evecs = torch.linalg.eigh(self.covs[0])
+        mu = self.means[0]
+        a_from, a_to = (torch.tensor(float(v), dtype=torch.float64) for v in (alpha_bar_from, alpha_bar_to))
+        scale = torch.sqrt((a_to * evals + 1 - a_to) / (a_from * evals + 1 - a_from))  # (D,) in the eigenbasis
+        flat = x.reshape(len(x), -1).double() - a_from.sqrt() * mu
+        moved = ((flat @ evecs) * scale) @ evecs.T + a_to.sqrt() * mu
+        return moved.reshape(x.shape)
+
+
 def finite_set(diffusion: Diffusion, points: torch.Tensor, **kwargs) -> FiniteSetOracle:
     """The optimal denoiser for data uniform on `points` (N, ...)."""
     return FiniteSetOracle(diffusion, points, **kwargs)
@@ -134,3 +226,8 @@ def gaussian_mixture(diffusion: Diffusion, means, stds, weights, *, classes=None
     and y = NO_CLASS (-1) or None under the whole mixture.
     """
     return GaussianMixtureOracle(diffusion, means, stds, weights, classes=classes, **kwargs)
+
+
+def gaussian_mixture_full(diffusion: Diffusion, means, covs, weights, **kwargs) -> FullCovarianceMixtureOracle:
+    """The optimal denoiser for a mixture of correlated Gaussians: means (K, D), covs (K, D, D), weights (K,)."""
+    return FullCovarianceMixtureOracle(diffusion, means, covs, weights, **kwargs)

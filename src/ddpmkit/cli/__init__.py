@@ -1,6 +1,6 @@
 """The `ddpm` command: argv -> RunConfig -> one library call. No math here.
 
-One module per command family (train, sample, evaluate, figures, store), each with `register(sub)` that adds its
+One module per command family (train, sample, evaluate, figures, store, edit), each with `register(sub)` that adds its
 subcommands and returns {name: handler}; common.py holds the option groups they share. A user's mistake (UserError,
 or a bad flag) is printed as one line on stderr and exits with code 2.
 """
@@ -11,11 +11,11 @@ import os
 import sys
 
 from ..errors import UserError
-from . import evaluate, figures, sample, store, train
+from . import edit, evaluate, figures, sample, store, train
 from .common import Parser
 from .train import resolve_train_config
 
-FAMILIES = (train, sample, evaluate, figures, store)
+FAMILIES = (train, sample, evaluate, figures, store, edit)
 __all__ = ["build_parser", "main", "resolve_train_config"]
 
 

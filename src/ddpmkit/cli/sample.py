@@ -28,6 +28,8 @@ def _add_sample(sub) -> None:
     add_class_options(p)
     p.add_argument("--per-class", type=int, metavar="K",
                    help="conditional run: K samples of each class (or of each --class), one labelled row per class")
+    p.add_argument("--x-T", dest="x_T", type=Path, metavar="LATENTS.npz",
+                   help="decode the x_T of `ddpm encode` with its solver, instead of sampling (--n is ignored)")
 
 
 def cmd_sample(args) -> int:
@@ -35,6 +37,10 @@ def cmd_sample(args) -> int:
 
     if args.n < 1 or args.batch_size < 1:
         raise UserError("--n and --batch-size must be at least 1")
+    if args.x_T is not None:
+        from .edit import decode_latents
+
+        return decode_latents(args)
     info = setup(args.device)  # under torchrun: this rank draws its share (ddpmkit.jobs), rank 0 writes
     try:
         return _sample(args, info)

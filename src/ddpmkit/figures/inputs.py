@@ -62,3 +62,47 @@ def image_from_file(path: str | Path, pipeline, flag: str) -> np.ndarray:
     pixels = np.asarray(img, dtype=np.uint8)
     pixels = pixels[..., None] if pixels.ndim == 2 else pixels  # (H, W, C)
     return check_fits(pixels, pipeline, f"{flag} {str(path)!r}")
+
+
+def image_like_training(path: str | Path, pipeline, flag: str) -> np.ndarray:
+    """One image file of any size as uint8 (H, W, C) of the model's: resized on the shorter side and centre-cropped,
+    and converted to its channel count, as training data are (data.common.fit_square, to_channels)."""
+    from ..data.common import fit_square
+    from ..data.decode import read_image
+    from ..data.folder import as_array
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{flag} {str(path)!r}: no such image file (or give --data SPEC and an index, list or range)")
+    img, _ = read_image(path)
+    return as_array(fit_square(img, pipeline.image_size), pipeline.channels)
+
+
+def parse_indices(text: str, flag: str = "--image") -> list[int] | None:
+    """An index `5`, a list `0,5,9` or a range `0:40` (40 not included) -> the indices; None if it is none of them."""
+    text = str(text).strip()
+    try:
+        if ":" in text:
+            start, stop = (int(v) if v else None for v in text.split(":", 1))
+            if start is None or stop is None or stop <= start:
+                raise DataError(f"{flag} {text!r}: a range is START:STOP with STOP > START, e.g. 0:40")
+            return list(range(start, stop))
+        return [int(v) for v in text.split(",")]
+    except ValueError:
+        return None
+
+
+def images_for(pipeline, image: str, data: str | None, split: str, cache=None, flag: str = "--image"):
+    """(uint8 (N, H, W, C), labels (N,) or None, a description) for --image: a file (any size, fitted as training
+    data are), or with --data an index `5`, a list `0,5,9` or a range `0:40` of its split."""
+    indices = parse_indices(image, flag)
+    if data is None:
+        if indices is not None and not Path(image).is_file():
+            raise DataError(f"{flag} {image!r}: an index, list or range needs --data SPEC (e.g. --data digits)")
+        return image_like_training(image, pipeline, flag)[None], None, str(image)
+    if indices is None:
+        raise DataError(f"{flag} {image!r}: with --data, {flag} is an index, a list 0,5,9 or a range 0:40")
+    ds = dataset_for(pipeline, data, split, cache=cache)
+    images = np.stack([image_from_dataset(ds, i, flag, split) for i in indices])
+    labels = None if ds.labels is None else ds.labels[indices]
+    return images, labels, f"{len(indices)} image(s) of {ds.name} ({split})"

@@ -83,8 +83,15 @@ def _multistep(d: Diffusion, model, xt, t, state: SamplerState, max_order: int):
     if state.index == 0:
         return x0, x0
     (_, sigma_s, lam_s), (alpha_t, sigma_t, lam_t) = node_coefficients(d, t, xt)
+    return exponential_update(xt, x0, (sigma_s, lam_s), (alpha_t, sigma_t, lam_t), state, _order(state, max_order)), x0
+
+
+def exponential_update(xt, x0, s, t, state: SamplerState, order: int):
+    """x at node t from x at node s = (sigma_s, lambda_s) and its data prediction x0, with t = (alpha_t, sigma_t,
+    lambda_t); m' and m'' from state.history, to which (lambda_s, x0) is then added. The formula holds whichever
+    way lambda moves, so ddpmkit.edit's ODE encoder (lambda falling) runs the same update as the samplers."""
+    (sigma_s, lam_s), (alpha_t, sigma_t, lam_t) = s, t
     h = lam_t - lam_s
-    order = _order(state, max_order)
     hd1, h2d2 = _derivatives(state, lam_s, x0, h, order)
     phi1 = torch.expm1(-h)
     phi2 = phi1 / h + 1.0
@@ -96,7 +103,7 @@ def _multistep(d: Diffusion, model, xt, t, state: SamplerState, max_order: int):
             phi3 = phi2 / h - 0.5
             x = x + (alpha_t * phi2).to(xt.dtype) * hd1 - (alpha_t * phi3).to(xt.dtype) * h2d2
     state.remember(lam_s, x0)
-    return x, x0
+    return x
 
 
 def dpmpp_2m_step(d: Diffusion, model, xt, t, state: SamplerState):
