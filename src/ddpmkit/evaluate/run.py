@@ -19,7 +19,7 @@ from ..data import ImageDataset, load_dataset
 from ..errors import DataError, UserError
 from ..samplers import model_device
 
-METRICS = ("nll", "fid", "is", "pr", "memo", "acc")
+METRICS = ("nll", "fid", "is", "pr", "memo", "acc", "kid")
 
 
 @dataclass
@@ -174,6 +174,12 @@ def _pr(ctx: _Context) -> None:
     ctx.result.update({"precision": float(out["precision"]), "recall": float(out["recall"])})
 
 
+def _kid(ctx: _Context) -> None:
+    from .kid import kid
+
+    ctx.result.update(kid(ctx.features("real")["features"], ctx.features("fake")["features"], seed=ctx.request.seed))
+
+
 def _memo(ctx: _Context) -> None:
     from .memorisation import memorisation, save_closest_pairs
 
@@ -205,11 +211,15 @@ def _acc(ctx: _Context) -> None:
     ctx.result.update(accuracy(ctx.features("fake")["logits"], ctx.labels(), names))
 
 
-RUNNERS = {"nll": _nll, "fid": _fid, "is": _is, "pr": _pr, "memo": _memo, "acc": _acc}
+RUNNERS = {"nll": _nll, "fid": _fid, "is": _is, "pr": _pr, "memo": _memo, "acc": _acc, "kid": _kid}
 
 
 def evaluate(request: EvalRequest) -> dict:
     """Run the requested metrics; returns the JSON-ready result with what was used."""
+    from .protocol import record
+    from .requirements import check_request
+
+    check_request(request)  # every metric's needs, before any work: one line, exit 2
     bad = [m for m in request.metrics if m not in RUNNERS]
     if bad:
         raise UserError(f"--metrics {','.join(bad)}: unknown; choose from {','.join(METRICS)}")
@@ -241,6 +251,7 @@ def evaluate(request: EvalRequest) -> dict:
     ctx.result.update({"data": real.name, "split": request.split, "n_real": len(real)})
     for metric in request.metrics:
         RUNNERS[metric](ctx)
+        record(ctx, metric)  # result["protocol"][metric]: what this figure was measured with
     if ctx._samples is not None:
         ctx.result["n"] = len(ctx._samples)
         ctx.result["samples_from"] = str(request.samples) if request.samples else "model"
