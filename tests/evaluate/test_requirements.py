@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import write_tiny_run
+from tiny_runs import write_tiny_run
 from ddpmkit.cli import main
 
 
@@ -57,6 +57,7 @@ def test_inception_named_but_missing(tiny_eval, tmp_path, capsys, no_network, mo
     (["--metrics", "nll", "--data", "no/such/folder"], ["--data", "no such file or folder"]),
     (["--metrics", "nll", "--class", "3"], ["--class", "unconditional"]),
     (["--metrics", "nll,acc", "--features", "FEATURES"], ["--metrics acc", "conditional run"]),
+    (["--metrics", "nll,kid", "--features", "FEATURES", "--steps", "99"], ["sampling steps", "T = 8"]),
 ])
 def test_each_requirement_is_one_line_before_any_work(tiny_eval, tmp_path, capsys, no_network, extra, words):
     extra = [str(tiny_eval["classifier"]) if e == "FEATURES" else e for e in extra]

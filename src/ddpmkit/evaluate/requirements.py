@@ -11,6 +11,7 @@ to run first, always. Each requirement is one small function picked from `NEEDS`
     classifier   acc                     --features CLASSIFIER (its classes tell which class a sample shows)
     labels       acc                     a conditional run, or --samples with labels in arr_1
     heldout      memo                    --split test (memorisation compares with held-out images)
+    (all sampled)                        --sampler/--steps/--eta/--spacing fit the run (its T, its [sample])
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ METRICS = ("nll", "fid", "is", "pr", "memo", "acc", "kid")
 SPLITS = ("train", "test", "all")
 MIN_SAMPLES = {"fid": 2, "kid": 2, "pr": 4, "is": 10}  # covariance, MMD^2_u, k + 1 for k = 3, 10 IS splits
 BUILTIN_DATA = ("digits", "fashion-mnist", "fashion_mnist")
+SAMPLED = ("fid", "is", "pr", "kid", "memo", "acc")  # metrics of generated images
 
 
 def _need_model(request, metric: str) -> None:
@@ -132,6 +134,23 @@ def _check_conditioning(request) -> None:
         raise unconditional_error(asked, request.checkpoint or request.run_dir)
 
 
+def _check_sampler(request) -> None:
+    """--sampler/--steps/--eta/--spacing against the run's T and [sample] config, with the pipeline's own checks."""
+    from types import SimpleNamespace
+
+    from ..config import RunConfig
+    from ..pipeline import Pipeline
+
+    if request.samples is not None or not set(request.metrics) & set(SAMPLED):
+        return
+    meta = _checkpoint_meta(request.checkpoint or request.run_dir)
+    if meta is None or "run" not in meta:
+        return  # nothing readable: the load names the problem
+    config = RunConfig.from_dict(meta["run"], source="the run's config.json")
+    stand_in = SimpleNamespace(config=config, diffusion=SimpleNamespace(num_timesteps=config.diffusion.timesteps))
+    Pipeline.sampler_settings(stand_in, request.sampler, request.steps, request.eta, request.spacing)
+
+
 def check_request(request) -> None:
     """Refuse an EvalRequest that cannot finish, before anything is loaded or computed (UserError, one line)."""
     unknown = [m for m in request.metrics if m not in METRIC_NEEDS]
@@ -139,6 +158,7 @@ def check_request(request) -> None:
         raise UserError(f"--metrics {','.join(unknown) or '(none)'}: unknown; choose from {','.join(METRICS)}")
     _check_sources(request)
     _check_conditioning(request)
+    _check_sampler(request)
     for metric in request.metrics:
         for need in METRIC_NEEDS[metric]:
             NEEDS[need](request, metric)
