@@ -16,7 +16,7 @@ def _add_eval(sub) -> None:
     p.add_argument("--split", default="test", help="real split to compare with (default test)")
     p.add_argument("--metrics", default="nll,fid,pr",
                    help="comma list of nll,fid,is,pr,kid,memo,acc (default nll,fid,pr); acc needs --features")
-    p.add_argument("--n", type=int, default=1000, help="samples to generate for fid/is/pr/memo (default 1000)")
+    p.add_argument("--n", type=int, default=1000, help="samples to generate for fid/is/pr/kid/memo (default 1000)")
     p.add_argument("--nll-n", type=int, default=256, help="real images for the bound (default 256; all T terms each)")
     p.add_argument("--json", type=Path, help="write the results here (default RUN_DIR/eval.json)")
     p.add_argument("--samples", type=Path, help="an .npz of uint8 samples (key arr_0) instead of sampling the model")

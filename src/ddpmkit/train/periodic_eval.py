@@ -103,16 +103,21 @@ class PeriodicEval:
     def measure(self, images: np.ndarray) -> dict:
         """{kid, kid_std, fid, precision, recall} (those asked for) of `images` against the real subset."""
         from ..evaluate.fid import feature_stats, frechet_distance
-        from ..evaluate.kid import kid
+        from ..evaluate.kid import SUBSET_SIZE, kid
         from ..evaluate.precision_recall import precision_recall
 
         real, fake = self.real_features(), self.features(images)["features"]
-        runners = {"kid": lambda: {k: v for k, v in kid(real, fake).items() if k in ("kid", "kid_std")},
+        # subsets of half the samples, so kid_std shows the spread (subsets of all n would all be the same set);
+        # MMD^2_u is unbiased at any subset size, so the mean is comparable with subsets of 1000
+        size = max(2, min(SUBSET_SIZE, self.n // 2))
+        runners = {"kid": lambda: kid(real, fake, subset_size=size),
                    "fid": lambda: {"fid": frechet_distance(*feature_stats(fake), *feature_stats(real))},
-                   "pr": lambda: {k: float(precision_recall(real, fake)[k]) for k in ("precision", "recall")}}
+                   "pr": lambda: precision_recall(real, fake)}
+        keep = {"kid": ("kid", "kid_std"), "fid": ("fid",), "pr": ("precision", "recall")}
         out = {}
         for name in self.metrics:
-            out.update(runners[name]())
+            result = runners[name]()
+            out.update({k: float(result[k]) for k in keep[name]})
         return out
 
     def __call__(self, step: int, logger) -> dict | None:
