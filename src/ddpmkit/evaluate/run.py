@@ -259,6 +259,7 @@ def evaluate(request: EvalRequest) -> dict:
             ctx.result["classes_sampled"] = request.classes or "the training data's proportions"
             ctx.result["guidance"] = request.guidance or 0.0
     if "feature_extractor" in ctx.result:
-        ctx.result["feature_space_note"] = (f"fid/is/pr are in the feature space of {ctx.result['feature_extractor']}"
-                                            "; comparable only with numbers in that same space")
+        ctx.result["feature_space_note"] = (f"fid/is/pr/kid are in the feature space of "
+                                            f"{ctx.result['feature_extractor']}; comparable only with numbers in "
+                                            "that same space")
     return ctx.result
