@@ -132,6 +132,14 @@ class TrainConfig:
     num_samples: int = 64  # images in each sample grid
     max_bad_losses: int = 3  # stop after this many non-finite losses in a row
     label_dropout: float = 0.1  # conditional runs: share of labels replaced by the "no class" token [CFG Sec. 4]
+    # evaluation during training (train/periodic_eval.py): every eval_every steps (0: off), eval_n EMA samples
+    # against as many training images, eval_metrics of kid/fid/pr in eval_features ("inception" with
+    # $DDPMKIT_INCEPTION, "inception:PATH", or a classifier from ddpm train-classifier); to metrics.jsonl and
+    # TensorBoard
+    eval_every: int = 0
+    eval_n: int = 1000
+    eval_metrics: list = field(default_factory=lambda: ["kid"])
+    eval_features: str = "inception"
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -154,6 +162,29 @@ class TrainConfig:
         if not (isinstance(self.label_dropout, (int, float)) and 0 <= self.label_dropout < 1):
             raise ConfigError(f"train.label_dropout = {self.label_dropout!r}: must lie in [0, 1) (0.1 is the CFG "
                               "paper's; 0 trains no unconditional model, so guidance would be meaningless)")
+        self.eval_metrics = _eval_metrics(self)  # a list of names, also from --set train.eval_metrics=kid,fid
+
+
+EVAL_METRICS = ("kid", "fid", "pr")  # what train.eval_metrics may name
+
+
+def _eval_metrics(c: "TrainConfig") -> list[str]:
+    """train.eval_every / eval_n / eval_features checked, and train.eval_metrics (a list or "kid,fid") as a list."""
+    _positive("train", "eval_every", c.eval_every, zero_ok=True)
+    _positive("train", "eval_n", c.eval_n)
+    names = c.eval_metrics.split(",") if isinstance(c.eval_metrics, str) else c.eval_metrics
+    if not isinstance(names, (list, tuple)) or not names or not all(isinstance(m, str) for m in names):
+        raise ConfigError(f"train.eval_metrics = {c.eval_metrics!r}: give a list of {', '.join(EVAL_METRICS)}")
+    names = [m.strip() for m in names]
+    for name in names:
+        _choice("train", "eval_metrics", name, set(EVAL_METRICS))
+    need = 4 if "pr" in names else 2  # k + 1 neighbours for pr (k = 3); two vectors for a covariance or MMD^2_u
+    if c.eval_n < need:
+        raise ConfigError(f"train.eval_n = {c.eval_n}: {','.join(names)} need at least {need} samples")
+    if not isinstance(c.eval_features, str) or not c.eval_features.strip():
+        raise ConfigError(f"train.eval_features = {c.eval_features!r}: give 'inception' (with $DDPMKIT_INCEPTION), "
+                          "'inception:PATH', or the path of a classifier from ddpm train-classifier")
+    return names
 
 
 @dataclass
@@ -292,7 +323,8 @@ def to_toml(config: RunConfig) -> str:
 RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every", "train.sample_every",
                      "train.keep_checkpoints", "train.num_samples", "train.max_bad_losses", "train.compile",
                      "train.channels_last", "train.precision", "sample.sampler", "sample.steps", "sample.eta",
-                     "sample.spacing", "data.skip_bad"}
+                     "sample.spacing", "data.skip_bad",
+                     "train.eval_every", "train.eval_n", "train.eval_metrics", "train.eval_features"}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

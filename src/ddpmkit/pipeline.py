@@ -18,6 +18,7 @@ from .data import from_model_range
 from .diffusion import Diffusion
 from .errors import ConfigError
 from .models import UNet
+from .models.build import build_model  # noqa: F401  (re-exported: it lives below store/ now)
 from .samplers import SAMPLERS, check_sampler, model_device
 from .store import check_weights_fit, open_run, pick_device
 
@@ -27,17 +28,6 @@ def build_diffusion(config: RunConfig) -> Diffusion:
     kwargs = {"beta_start": c.beta_start, "beta_end": c.beta_end} if c.schedule == "linear" else {}
     return Diffusion.from_name(c.schedule, c.timesteps, parameterization=c.parameterization,
                                variance=c.variance, **kwargs)
-
-
-def build_model(config: RunConfig, image_size: int, channels: int) -> UNet:
-    """The configured U-Net for (channels, image_size, image_size) data; 2C outputs for learned variances."""
-    out_channels = 2 * channels if config.diffusion.variance == "learned_range" else channels
-    options = config.model.overrides()
-    if "attn_resolutions" in options:
-        # resolutions the user names refer to this data's size; a preset's own refer to the preset's size, so
-        # on other data attention stays at the same levels (the net is convolutional)
-        options["image_size"] = image_size
-    return UNet.from_preset(config.model.preset, in_channels=channels, out_channels=out_channels, **options)
 
 
 @dataclass

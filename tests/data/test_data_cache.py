@@ -230,8 +230,11 @@ def test_a_cache_from_a_newer_format_is_refused_with_one_line_and_kept(tmp_path,
     manifest["version"] = cache_build.FORMAT_VERSION + 1
     (entry / "manifest.json").write_text(json.dumps(manifest))
     before = {p.name: p.read_bytes() for p in entry.iterdir()}
-    code = main(["eval", "--samples", str(tmp_path / "none.npz"), "--data", str(folder), "--split", "train",
-                 "--cache", str(cache_dir), "--metrics", "pr"])
+    # files that pass eval's early checks (they are read only after the data, whose cache is refused first)
+    np.savez(tmp_path / "samples.npz", arr_0=np.zeros((4, 8, 8, 3), np.uint8))
+    (tmp_path / "inception.safetensors").write_bytes(b"")
+    code = main(["eval", "--samples", str(tmp_path / "samples.npz"), "--data", str(folder), "--split", "train",
+                 "--cache", str(cache_dir), "--metrics", "pr", "--inception", str(tmp_path / "inception.safetensors")])
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and str(entry) in err and "newer" in err, err
     assert {p.name: p.read_bytes() for p in entry.iterdir()} == before

@@ -86,3 +86,18 @@ def test_the_old_import_paths_are_shims_for_the_same_objects():
 
     assert distributed.setup is shared.setup and distributed.DistInfo is shared.DistInfo
     assert old_faults._hits is faults._hits and old_faults.fault_point is faults.fault_point
+
+
+def test_store_and_models_never_import_the_pipeline():
+    """store/ sits below the pipeline and the network builder below store/ (models/build.py): no import circle."""
+    files = [*sorted((SRC / "store").glob("*.py")), *sorted((SRC / "models").glob("*.py"))]
+    offenders = [f"{p.relative_to(SRC)}: {name}" for p in files for name in _imports(p)
+                 if name == "ddpmkit.pipeline" or name.startswith("ddpmkit.pipeline.")]
+    assert offenders == []
+
+
+def test_build_model_is_one_function_reexported_by_the_pipeline():
+    from ddpmkit import pipeline
+    from ddpmkit.models.build import build_model
+
+    assert pipeline.build_model is build_model

@@ -11,6 +11,7 @@ import os
 import sys
 
 from ..errors import UserError
+from ..progress import close_bars
 from . import edit, evaluate, figures, sample, store, train
 from .common import Parser
 from .train import resolve_train_config
@@ -44,9 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return commands[args.command](args)
     except UserError as err:
+        close_bars()  # the error must be the last line, not a progress bar drawn again after it
         print(f"ddpm {args.command}: error: {_rank_prefix(str(err))}{err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
+        close_bars()
         print(f"ddpm {args.command}: interrupted", file=sys.stderr)
         return 130
 

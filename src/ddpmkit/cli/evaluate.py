@@ -15,8 +15,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--data", help="the real data set (default: the run's own)")
     p.add_argument("--split", default="test", help="real split to compare with (default test)")
     p.add_argument("--metrics", default="nll,fid,pr",
-                   help="comma list of nll,fid,is,pr,memo,acc (default nll,fid,pr); acc needs --features")
-    p.add_argument("--n", type=int, default=1000, help="samples to generate for fid/is/pr/memo (default 1000)")
+                   help="comma list of nll,fid,is,pr,kid,memo,acc (default nll,fid,pr); acc needs --features")
+    p.add_argument("--n", type=int, default=1000, help="samples to generate for fid/is/pr/kid/memo (default 1000)")
     p.add_argument("--nll-n", type=int, default=256, help="real images for the bound (default 256; all T terms each)")
     p.add_argument("--json", type=Path, help="write the results here (default RUN_DIR/eval.json)")
     p.add_argument("--samples", type=Path, help="an .npz of uint8 samples (key arr_0) instead of sampling the model")
@@ -63,8 +63,11 @@ def cmd_eval(args) -> int:
             print(f"{key:>26}  {value:.4f}")
         elif isinstance(value, dict) and key == "acc_per_class":
             print(f"{key:>26}  " + ", ".join(f"{k}: {v:.3f}" for k, v in value.items()))
-        elif key not in ("memorisation_detail",):
+        elif key not in ("memorisation_detail", "protocol"):
             print(f"{key:>26}  {value}")
+    from ..evaluate.protocol import protocol_lines
+
+    print("\n".join(protocol_lines(result.get("protocol", {}))))
     print(f"wrote {out}")
     return 0
 

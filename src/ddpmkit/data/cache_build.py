@@ -141,9 +141,9 @@ def decode_into(path: Path, source: Source, name: str, *, workers: int, progress
     image_size = source.settings["image_size"]
     target = source.settings["channels"] or 3
     state, digest = Decoded(skipped=list(source.listing_skipped)), hashlib.sha256()
-    bar = tqdm(total=len(source.files), unit="img", desc="decoding images", disable=not progress,
-               dynamic_ncols=True)
-    with open(path, "wb") as f:
+    # a with-block: a bad file's error closes the bar first, so the error is printed after it, not inside it
+    with tqdm(total=len(source.files), unit="img", desc="decoding images", disable=not progress,
+              dynamic_ncols=True) as bar, open(path, "wb") as f:
         done = 0
         for chunk in _chunks(source, image_size, target, workers):
             for result in chunk:
@@ -157,7 +157,6 @@ def decode_into(path: Path, source: Source, name: str, *, workers: int, progress
             fault_point("cache:chunk")  # tests kill the build here (DDPMKIT_FAULT=cache:chunk@N)
         f.flush()
         os.fsync(f.fileno())
-    bar.close()
     _check_decoded(state, source, name)
     state.sha256 = digest.hexdigest()
     channels = target

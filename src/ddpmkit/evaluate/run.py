@@ -25,7 +25,7 @@ from ..distributed import DistInfo
 from ..errors import DataError, UserError
 from ..samplers import model_device
 
-METRICS = ("nll", "fid", "is", "pr", "memo", "acc")
+METRICS = ("nll", "fid", "is", "pr", "memo", "acc", "kid")
 FEATURE_METRICS = ("fid", "is", "pr", "acc", "kid")  # computed from the extractor's outputs of the samples
 SAMPLE_METRICS = (*FEATURE_METRICS, "memo")  # need the samples
 
@@ -239,6 +239,12 @@ def _pr(ctx: _Context) -> None:
     ctx.result.update({"precision": float(out["precision"]), "recall": float(out["recall"])})
 
 
+def _kid(ctx: _Context) -> None:
+    from .kid import kid
+
+    ctx.result.update(kid(ctx.features("real")["features"], ctx.features("fake")["features"], seed=ctx.request.seed))
+
+
 def _memo(ctx: _Context) -> None:
     from .memorisation import memorisation, save_closest_pairs
 
@@ -270,12 +276,15 @@ def _acc(ctx: _Context) -> None:
     ctx.result.update(accuracy(ctx.features("fake")["logits"], ctx.labels(), names))
 
 
-RUNNERS = {"nll": _nll, "fid": _fid, "is": _is, "pr": _pr, "memo": _memo, "acc": _acc}
+RUNNERS = {"nll": _nll, "fid": _fid, "is": _is, "pr": _pr, "memo": _memo, "acc": _acc, "kid": _kid}
 
 
 def evaluate(request: EvalRequest, info: DistInfo | None = None) -> dict | None:
     """Run the requested metrics; returns the JSON-ready result with what was used (None on ranks other than 0
     under torchrun: `info` from ddpmkit.distributed.setup; every rank calls this with the same request)."""
+    from .requirements import check_request
+
+    check_request(request)  # every metric's needs, before any work: one line, exit 2
     bad = [m for m in request.metrics if m not in RUNNERS]
     if bad:
         raise UserError(f"--metrics {','.join(bad)}: unknown; choose from {','.join(METRICS)}")
@@ -308,8 +317,9 @@ def evaluate(request: EvalRequest, info: DistInfo | None = None) -> dict | None:
     for metric in request.metrics:
         _run_metric(ctx, metric)
     if "feature_extractor" in ctx.result:
-        ctx.result["feature_space_note"] = (f"fid/is/pr are in the feature space of {ctx.result['feature_extractor']}"
-                                            "; comparable only with numbers in that same space")
+        ctx.result["feature_space_note"] = (f"fid/is/pr/kid are in the feature space of "
+                                            f"{ctx.result['feature_extractor']}; comparable only with numbers in "
+                                            "that same space")
     if not ctx.info.is_main:
         return None
     _write(ctx)
@@ -327,7 +337,10 @@ def _run_metric(ctx: _Context, metric: str) -> None:
     elif metric in SAMPLE_METRICS and ctx.request.samples is None:
         ctx.fake()
     if ctx.info.is_main:
+        from .protocol import record
+
         RUNNERS[metric](ctx)
+        record(ctx, metric)  # result["protocol"][metric]: what this figure was measured with, saved with it
         _write(ctx)
 
 

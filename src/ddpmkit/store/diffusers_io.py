@@ -20,6 +20,7 @@ import torch
 from .. import __version__
 from ..config import RunConfig, load_config
 from ..models import PRESETS
+from ..models.build import build_model  # the same call that ddpmkit.load makes
 from .checkpoint import MAX_JSON_BYTES
 from .diffusers_config import UNetSpec, read_scheduler_config, read_unet_config, refusal, scheduler_config_for, \
     unet_config_for
@@ -115,8 +116,6 @@ def run_config_for(spec: UNetSpec, diffusion: dict, folder: Path, data: str | No
 
 def _expected(config: RunConfig, spec: UNetSpec, unet_file: Path) -> dict[str, torch.Tensor]:
     """The state_dict shapes of the network the run will rebuild (on the meta device: no memory, no init)."""
-    from ..pipeline import build_model  # the same call that ddpmkit.load makes
-
     with torch.device("meta"):
         net = build_model(config, spec.image_size, spec.in_channels)
     assert net.config == spec.unet_kwargs(), (net.config, spec.unet_kwargs())
@@ -168,8 +167,6 @@ def import_diffusers(folder: str | Path, out: str | Path, *, data: str | None = 
 
 def export_diffusers(run_dir: str | Path, out: str | Path, *, ema: bool = True) -> dict:
     """Write run `run_dir` (its newest valid checkpoint, or a checkpoint folder) as a DDPMPipeline folder `out`."""
-    from ..pipeline import build_model
-
     run = open_run(run_dir)
     source = run.path / "config.json"
     scheduler = scheduler_config_for(run.config.to_dict()["diffusion"], str(source))

@@ -45,6 +45,7 @@ from .ema import EMA
 from ..store.faults import fault_point
 from .autoconfig import RunTimeEstimate, describe_network
 from .importance import ImportanceTimesteps, timestep_sampler
+from .periodic_eval import periodic_eval
 from .prefetch import Prefetcher
 
 
@@ -111,6 +112,7 @@ class Trainer:
         self.step, self.bad_losses, self.stop_signal = 0, 0, None
         # uniform t, or importance-sampled for L_vlb [IDDPM Sec. 3.3]; every rank keeps the same history
         self.timesteps = timestep_sampler(c.timestep_sampler, c.loss, self.diffusion.num_timesteps)
+        self.periodic_eval = periodic_eval(self)  # train.eval_every: KID/FID/PR at checkpoints (None when 0)
 
     def _batch_images(self, step: int) -> torch.Tensor:
         """uint8 (B, H, W, C) images of the global batch of `step`, copied out of the (possibly mapped) array."""
@@ -307,6 +309,8 @@ class Trainer:
                 checkpoint, last_saved = self._save(), self.step
             if c.sample_every and (self.step % c.sample_every == 0 or self.step == c.steps):
                 self.write_samples()  # a signal during the grid stops it at once; the loop then saves and ends
+            if self.periodic_eval is not None:
+                self.periodic_eval(self.step, logger)  # metrics.jsonl + TensorBoard; not counted in images/s
             logger.t0 += time.perf_counter() - paused  # images/s counts training time only
             eta.after_step(self.step, time.perf_counter() - paused)
         if self.stop_signal is not None and last_saved != self.step:
