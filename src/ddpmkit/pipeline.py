@@ -18,6 +18,7 @@ from .data import from_model_range
 from .diffusion import Diffusion
 from .errors import ConfigError
 from .models import UNet
+from .parameterization import output_channels
 from .samplers import SAMPLERS, check_sampler, model_device
 from .store import check_weights_fit, open_run, pick_device
 
@@ -31,7 +32,7 @@ def build_diffusion(config: RunConfig) -> Diffusion:
 
 def build_model(config: RunConfig, image_size: int, channels: int) -> UNet:
     """The configured U-Net for (channels, image_size, image_size) data; 2C outputs for learned variances."""
-    out_channels = 2 * channels if config.diffusion.variance == "learned_range" else channels
+    out_channels = output_channels(config.diffusion.variance, channels)
     options = config.model.overrides()
     if "attn_resolutions" in options:
         # resolutions the user names refer to this data's size; a preset's own refer to the preset's size, so
