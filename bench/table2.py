@@ -47,7 +47,6 @@ from ddpmkit.config import load_config, parse_value
 from ddpmkit.data import load_dataset, to_model_range
 from ddpmkit.evaluate.fid import feature_stats
 from ddpmkit.losses import LOG2, discretized_gaussian_log_likelihood, mean_flat
-from ddpmkit.samplers import model_device
 from ddpmkit.train.trainer import Trainer
 
 sys.path.insert(0, str(Path(__file__).parent))

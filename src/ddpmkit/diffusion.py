@@ -52,7 +52,7 @@ import torch
 from . import schedules
 from .errors import ConfigError
 from .losses import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
-from .parameterization import LEARNED_VARIANCES, PREDICT, TARGET, VARIANCE, extract
+from .parameterization import LEARNED_VARIANCES, LOSSES, PREDICT, TARGET, VARIANCE, extract
 
 Parameterization = Literal["eps", "x0", "v", "xprev"]
 VarianceType = Literal["fixed_small", "fixed_large", "learned", "learned_range"]
@@ -267,8 +267,8 @@ class Diffusion:
         "mse" (L_simple) and/or "vb" (T * L_{t-1}, bits/dim), whose history importance sampling keeps.
         """
         self._on(x0)
-        if loss not in _LOSSES:
-            raise ConfigError(f"loss {loss!r} is not one of {sorted(_LOSSES)}")
+        if loss not in LOSSES:
+            raise ConfigError(f"loss {loss!r} is not one of {sorted(LOSSES)}")
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         t = _check_t(t, x0, self.num_timesteps)
@@ -287,7 +287,7 @@ class Diffusion:
             p = self.p_mean_variance(model, xt, t, clip_denoised=False, model_output=frozen)
             terms["kl"] = self.vlb_term_bpd(x0, xt, t, p)
             terms["vb"] = self.num_timesteps * terms["kl"]
-        value = _LOSSES[loss](self, x0, terms, t_weight, hybrid_lambda)
+        value = LOSSES[loss](self, x0, terms, t_weight, hybrid_lambda)
         terms.pop("kl", None)
         if not return_terms:
             return value
@@ -353,31 +353,6 @@ class Diffusion:
         return _SAMPLING_LOOP(self, model, shape, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                               generator=generator, progress=progress, return_trajectory=return_trajectory,
                               clip_denoised=clip_denoised, device=device, x_T=x_T, stop=stop)
-
-
-# --- the losses: (diffusion, x0, terms, t_weight, hybrid_lambda) -> per-example loss (B,) -------------------------
-
-def _weighted(vb, t_weight):
-    return vb if t_weight is None else vb * t_weight
-
-
-def _loss_simple(d, x0, terms, t_weight, lam):
-    return terms["mse"]
-
-
-def _loss_kl(d, x0, terms, t_weight, lam):
-    return terms["kl"]
-
-
-def _loss_vlb(d, x0, terms, t_weight, lam):
-    return _weighted(terms["vb"], t_weight) + d.prior_bpd(x0)
-
-
-def _loss_hybrid(d, x0, terms, t_weight, lam):
-    return terms["mse"] + lam * _weighted(terms["vb"], t_weight)
-
-
-_LOSSES = {"simple": _loss_simple, "kl": _loss_kl, "vlb": _loss_vlb, "hybrid": _loss_hybrid}
 
 
 # The sampling loop lives in ddpmkit.samplers, which depends on this module and registers itself here on import

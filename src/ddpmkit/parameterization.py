@@ -1,5 +1,5 @@
-"""The modes of the reverse process: what the network predicts, and what its variance is. One small function per
-mode, picked from a dict by `Diffusion`.
+"""The modes of the reverse process: what the network predicts, what its variance is, and the training loss. One
+small function per mode, picked from a dict by `Diffusion`.
 
 References:
     [DDPM]  Ho, Jain & Abbeel 2020, arXiv 2006.11239: Sec. 3.2, Eqs. 7, 11, 12, 15; Table 2.
@@ -140,6 +140,32 @@ def output_channels(variance: str, channels: int) -> int:
     return 2 * channels if variance in LEARNED_VARIANCES else channels
 
 
+# --- the losses: (diffusion, x0, terms, t_weight, hybrid_lambda) -> per-example loss (B,) ------------------------
+# terms: "mse" (L_simple), "kl" (L_{t-1} in bits/dim [DDPM Eq. 5]) and "vb" (T times it), see Diffusion.training_loss
+
+def _weighted(vb, t_weight):
+    return vb if t_weight is None else vb * t_weight
+
+
+def _loss_simple(d, x0, terms, t_weight, lam):
+    return terms["mse"]
+
+
+def _loss_kl(d, x0, terms, t_weight, lam):
+    return terms["kl"]
+
+
+def _loss_vlb(d, x0, terms, t_weight, lam):
+    return _weighted(terms["vb"], t_weight) + d.prior_bpd(x0)
+
+
+def _loss_hybrid(d, x0, terms, t_weight, lam):
+    return terms["mse"] + lam * _weighted(terms["vb"], t_weight)
+
+
+LOSSES = {"simple": _loss_simple, "kl": _loss_kl, "vlb": _loss_vlb, "hybrid": _loss_hybrid}
+
+
 def check_modes(variance: str, loss: str) -> None:
     """ConfigError for a variance that the loss cannot train: L_simple sends no gradient to a learned variance."""
     from .errors import ConfigError
@@ -149,5 +175,5 @@ def check_modes(variance: str, loss: str) -> None:
                           "variance no gradient; use train.loss = 'kl', 'vlb' or 'hybrid', or a fixed variance")
 
 
-__all__ = ["LEARNED_LOG_VARIANCE_LIMIT", "LEARNED_VARIANCES", "PREDICT", "TARGET", "VARIANCE", "check_modes",
-           "extract", "output_channels"]
+__all__ = ["LEARNED_LOG_VARIANCE_LIMIT", "LEARNED_VARIANCES", "LOSSES", "PREDICT", "TARGET", "VARIANCE",
+           "check_modes", "extract", "output_channels"]
