@@ -209,6 +209,8 @@ def plot(result: dict, path: Path) -> None:
             errs = [result["rows"][n]["nll"]["nll_bpd_sem"] for n in names]
         colors = ["tab:red" if result["rows"][n]["verdict"] != "stable" else "tab:blue" for n in names]
         ax.barh(names, vals, xerr=errs, color=colors)
+        if key == "nll" and max(vals) > 20 * min(vals):
+            ax.set_xscale("log")  # untrained rows sit orders of magnitude above the trained ones
         ax.invert_yaxis()
         ax.set_title(label, fontsize=9)
     fig.suptitle(f"DDPM Table 2 on {result['data']}, {result['steps']} steps each (red: unstable)", fontsize=10)
