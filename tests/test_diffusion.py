@@ -142,7 +142,11 @@ def test_variance_types():
     t = torch.tensor([0, 50, 99])
     zero = lambda x, t: torch.zeros_like(x)  # noqa: E731
     assert torch.allclose(small.p_mean_variance(zero, x, t)["variance"].flatten(), small.posterior_variance[t].float())
-    assert torch.allclose(large.p_mean_variance(zero, x, t)["variance"].flatten(), large.beta[t].float())
+    # sigma^2 = beta_t, but beta~_2 = beta_2 (1 - alpha_bar_1) / (1 - alpha_bar_2) at t = 1, as the authors' code
+    b1, b2 = float(large.beta[0]), float(large.beta[1])
+    expect = large.beta[t].clone()
+    expect[0] = b2 * b1 / (1 - (1 - b1) * (1 - b2))
+    assert torch.allclose(large.p_mean_variance(zero, x, t)["variance"].flatten(), expect.float())
     learned = Diffusion.from_name("linear", 100, variance="learned_range")
     for v, ref in ((1.0, large.beta[t]), (-1.0, small.posterior_variance[t].clamp(min=small.posterior_variance[1]))):
         out = lambda x, t, v=v: torch.cat([torch.zeros_like(x), torch.full_like(x, v)], 1)  # noqa: E731
@@ -160,7 +164,8 @@ def test_prior_term_is_about_1e5_bits_per_dim():
 
 
 def direct_bound_for_eps_zero(d, x0, noise, t):
-    """The bound term at t for a model that predicts eps = 0, written out with SciPy (fixed_large variance)."""
+    """The bound term at t for a model that predicts eps = 0, written out with SciPy (fixed_large variance: beta_t,
+    and at t = 1 beta~_2, as log(append(posterior_variance[1], betas[1:])) in the authors' diffusion_utils_2.py)."""
     ab, ab_prev = float(d.alpha_bar[t]), float(d.alpha_bar_prev[t])
     beta, alpha = float(d.beta[t]), float(d.alpha[t])
     x0, noise = x0.numpy(), noise.numpy()
@@ -168,10 +173,12 @@ def direct_bound_for_eps_zero(d, x0, noise, t):
     x0_pred = np.clip(xt / math.sqrt(ab), -1, 1)
     c0, ct = beta * math.sqrt(ab_prev) / (1 - ab), (1 - ab_prev) * math.sqrt(alpha) / (1 - ab)
     mean_p = c0 * x0_pred + ct * xt
-    if t == 0:  # decoder: the mass of x0's bin under N(mean_p, beta_1)
+    if t == 0:  # decoder: the mass of x0's bin under N(mean_p, sigma_1^2) with the authors' sigma_1^2 = beta~_2
+        b1, b2 = float(d.beta[0]), float(d.beta[1])
+        sigma = math.sqrt(b2 * (1 - (1 - b1)) / (1 - (1 - b1) * (1 - b2)))  # beta_2 (1 - ab_1) / (1 - ab_2)
         lo = np.where(x0 < -0.999, -np.inf, x0 - 1 / 255)
         hi = np.where(x0 > 0.999, np.inf, x0 + 1 / 255)
-        mass = stats.norm.cdf(hi, mean_p, math.sqrt(beta)) - stats.norm.cdf(lo, mean_p, math.sqrt(beta))
+        mass = stats.norm.cdf(hi, mean_p, sigma) - stats.norm.cdf(lo, mean_p, sigma)
         return -np.log(mass).reshape(len(x0), -1).mean(1) / math.log(2)
     mean_q = c0 * x0 + ct * xt
     var_q = beta * (1 - ab_prev) / (1 - ab)
@@ -302,7 +309,7 @@ def test_contracts_and_errors():
     with pytest.raises(ConfigError, match="parameterization"):
         Diffusion.from_name("linear", 10, parameterization="score")
     with pytest.raises(ConfigError, match="variance"):
-        Diffusion.from_name("linear", 10, variance="learned")
+        Diffusion.from_name("linear", 10, variance="learnt")
     d = Diffusion.from_name("linear", 10)
     x = torch.zeros(2, 1, 4, 4)
     with pytest.raises(TypeError, match="integer"):

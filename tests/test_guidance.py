@@ -53,9 +53,13 @@ def guided_eps_closed_form(xt, alpha_bar, c, w):
 
 
 def eps_of(d, out, xt, t):
-    """The eps that an x0 or v output stands for, at fixed x_t and t."""
+    """The eps that an x0, v or mu~ (xprev) output stands for, at fixed x_t and t."""
     ab = d.alpha_bar[t].double().unsqueeze(1)
     a, s = ab.sqrt(), (1 - ab).sqrt()
+    if d.parameterization == "xprev":  # mu~ = c0 x0 + ct x_t [DDPM Eq. 7], solved for x0
+        ab_prev, beta = d.alpha_bar_prev[t].double().unsqueeze(1), d.beta[t].double().unsqueeze(1)
+        c0, ct = beta * ab_prev.sqrt() / (1 - ab), (1 - ab_prev) * (1 - beta).sqrt() / (1 - ab)
+        return (xt - a * (out - ct * xt) / c0) / s
     return {"eps": out, "x0": (xt - a * out) / s, "v": a * out + s * xt}[d.parameterization]
 
 
@@ -70,7 +74,7 @@ def test_conditional_samples_land_in_the_requested_class(sampler):
         assert share >= 0.97, f"{sampler}: {share:.3f} of the samples in class {c}"
 
 
-@pytest.mark.parametrize("parameterization", ["eps", "x0", "v"])
+@pytest.mark.parametrize("parameterization", ["eps", "x0", "v", "xprev"])
 @pytest.mark.parametrize("w", [0.5, 1.0, 3.0])
 def test_guided_oracle_matches_the_closed_form_of_the_guided_score(parameterization, w):
     d, model = mixture(parameterization)

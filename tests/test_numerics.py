@@ -13,7 +13,8 @@ from ddpmkit.diffusion import Diffusion
 from ddpmkit.errors import ConfigError
 
 EXTREMES = [0.0, 1.0, -1e4, 1e4, -1e30, 1e30]  # one per batch row: the model's whole output for that row
-VARIANCES = ["fixed_small", "fixed_large", "learned_range"]
+VARIANCES = ["fixed_small", "fixed_large", "learned", "learned_range"]
+LEARNED = ("learned", "learned_range")
 
 
 def given(T: int) -> np.ndarray:
@@ -58,7 +59,7 @@ def test_coefficients_are_finite_and_alpha_bar_strictly_decreases(name, T):
         # the log-variance of p(x_0 | x_1), at index t = 0, for the extreme variance outputs too
         x = torch.zeros(len(EXTREMES), 1, 2)
         t0 = torch.zeros(len(EXTREMES), dtype=torch.long)
-        p = d.p_mean_variance(ExtremeModel(variance == "learned_range"), x, t0)
+        p = d.p_mean_variance(ExtremeModel(variance in LEARNED), x, t0)
         assert torch.isfinite(p["log_variance"]).all() and torch.isfinite(p["mean"]).all(), variance
 
 
@@ -73,7 +74,7 @@ def test_every_sampler_gives_finite_samples_from_extreme_outputs(name, T, varian
     for sampler, steps, eta in RUNS:
         if steps is None and T > 10:
             continue  # long full chains: once, below; the respaced runs visit t = T-1, the middle and 0
-        model = ExtremeModel(variance == "learned_range")
+        model = ExtremeModel(variance in LEARNED)
         steps = None if steps is None else min(steps, T)
         x = d.sample(model, (len(EXTREMES), 1, 2), sampler=sampler, steps=steps, eta=eta,
                      generator=torch.Generator().manual_seed(0))
@@ -81,19 +82,20 @@ def test_every_sampler_gives_finite_samples_from_extreme_outputs(name, T, varian
         assert model.t_dtypes == {torch.int64}
 
 
-def test_the_full_1000_step_chain_of_the_harshest_schedule_stays_finite():
-    d = Diffusion(beta_of("cosine", 1000), variance="learned_range")  # beta up to 0.999, sigma learned
+@pytest.mark.parametrize("variance", LEARNED)
+def test_the_full_1000_step_chain_of_the_harshest_schedule_stays_finite(variance):
+    d = Diffusion(beta_of("cosine", 1000), variance=variance)  # beta up to 0.999, sigma learned
     x = d.sample(ExtremeModel(True), (len(EXTREMES), 1, 2), generator=torch.Generator().manual_seed(0))
     assert torch.isfinite(x).all()
 
 
-@pytest.mark.parametrize("parameterization", ["x0", "v"])
+@pytest.mark.parametrize("parameterization", ["x0", "v", "xprev"])
 def test_other_parameterizations_stay_finite_too(parameterization):
     for name, T in [("linear", 1), ("cosine", 1000), ("given", 10)]:
         for variance in VARIANCES:
             d = Diffusion(beta_of(name, T), parameterization=parameterization, variance=variance)
             for sampler, steps, eta in RUNS[1:]:
-                x = d.sample(ExtremeModel(variance == "learned_range"), (len(EXTREMES), 1, 2), sampler=sampler,
+                x = d.sample(ExtremeModel(variance in LEARNED), (len(EXTREMES), 1, 2), sampler=sampler,
                              steps=min(steps, T), eta=eta, generator=torch.Generator().manual_seed(0))
                 assert torch.isfinite(x).all(), (name, T, variance, sampler)
 
@@ -125,19 +127,19 @@ def test_every_solver_and_spacing_gives_finite_samples_from_extreme_outputs(name
     for variance in VARIANCES:
         d = Diffusion(beta_of(name, T), variance=variance)
         for sampler, spacing, k in solver_runs(T):
-            model = ExtremeModel(variance == "learned_range")
+            model = ExtremeModel(variance in LEARNED)
             x = d.sample(model, (len(EXTREMES), 1, 2), sampler=sampler, steps=k, spacing=spacing,
                          generator=torch.Generator().manual_seed(0))
             assert torch.isfinite(x).all(), (variance, sampler, spacing, k, x)
             assert model.t_dtypes == {torch.int64}
 
 
-@pytest.mark.parametrize("parameterization", ["x0", "v"])
+@pytest.mark.parametrize("parameterization", ["x0", "v", "xprev"])
 def test_every_solver_stays_finite_with_the_other_parameterizations(parameterization):
     for name, T in [("linear", 2), ("cosine", 4000), ("given", 10)]:
         for variance in VARIANCES:
             d = Diffusion(beta_of(name, T), parameterization=parameterization, variance=variance)
             for sampler, spacing, k in solver_runs(T):
-                x = d.sample(ExtremeModel(variance == "learned_range"), (len(EXTREMES), 1, 2), sampler=sampler,
+                x = d.sample(ExtremeModel(variance in LEARNED), (len(EXTREMES), 1, 2), sampler=sampler,
                              steps=k, spacing=spacing, generator=torch.Generator().manual_seed(0))
                 assert torch.isfinite(x).all(), (name, T, variance, sampler, spacing, k)

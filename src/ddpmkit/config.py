@@ -69,8 +69,8 @@ class DiffusionConfig:
     def __post_init__(self):
         _choice("diffusion", "schedule", self.schedule, {"linear", "cosine"})
         _positive("diffusion", "timesteps", self.timesteps)
-        _choice("diffusion", "parameterization", self.parameterization, {"eps", "x0", "v"})
-        _choice("diffusion", "variance", self.variance, {"fixed_small", "fixed_large", "learned_range"})
+        _choice("diffusion", "parameterization", self.parameterization, {"eps", "x0", "v", "xprev"})
+        _choice("diffusion", "variance", self.variance, {"fixed_small", "fixed_large", "learned", "learned_range"})
         for name in ("beta_start", "beta_end"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and 0 < value < 1):
@@ -152,7 +152,7 @@ class TrainConfig:
         _positive("train", "grad_clip", self.grad_clip, zero_ok=True, integer=False)
         if not (isinstance(self.ema_decay, (int, float)) and 0 <= self.ema_decay < 1):
             raise ConfigError(f"train.ema_decay = {self.ema_decay!r}: must lie in [0, 1)")
-        _choice("train", "loss", self.loss, {"simple", "vlb", "hybrid"})
+        _choice("train", "loss", self.loss, {"simple", "kl", "vlb", "hybrid"})
         _choice("train", "timestep_sampler", self.timestep_sampler, {"auto", "uniform", "importance"})
         if self.timestep_sampler == "importance" and self.loss != "vlb":
             raise ConfigError(f"train.timestep_sampler = 'importance' needs train.loss = 'vlb', not {self.loss!r}: "
@@ -231,6 +231,9 @@ class RunConfig:
         from .samplers.loop import check_sampler
 
         check_sampler(self.sample.sampler, self.sample.steps, self.diffusion.timesteps, option="sample.sampler")
+        from .parameterization import check_modes
+
+        check_modes(self.diffusion.variance, self.train.loss)
 
     def to_dict(self) -> dict:
         return asdict(self)

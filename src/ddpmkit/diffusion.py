@@ -22,6 +22,19 @@ Glossary (symbol / attribute here / equation / name in diffusers or improved-dif
     mu~_t, coef of x_0     posterior_mean_coef_x0          Eq. 7      posterior_mean_coef1
     mu~_t, coef of x_t     posterior_mean_coef_xt          Eq. 7      posterior_mean_coef2
     sigma_t^2              variance of p_mean_variance     Sec. 3.2   model_variance
+    sigma_t^2 = beta_t     fixed_large_variance (beta~_2   Sec. 3.2   append(posterior_variance[1], betas[1:])
+      (beta~_2 at t = 1)     at index 0, as the authors)
+    mu~_t coefs, one step  xprev_coef_x0, xprev_coef_xt    Eq. 7      (the model timestep's, when respaced)
+
+Modes (here / the authors' diffusion_tf / improved-diffusion; the functions are in parameterization.py):
+    parameterization  "eps" / "eps" / EPSILON, "x0" / "start_x" / START_X, "v" [PD] / - / -,
+                      "xprev" (mu~_t, Eq. 11's left side) / "xprev" / PREVIOUS_X
+    variance          "fixed_small" / "fixedsmall" / FIXED_SMALL, "fixed_large" / "fixedlarge" / FIXED_LARGE,
+                      "learned" (log sigma^2) / "learned" / LEARNED, "learned_range" [IDDPM Eq. 15] / - /
+                      LEARNED_RANGE
+    loss              "simple" / "mse" / MSE, "kl" (L_{t-1} in bits/dim) / "kl" / KL,
+                      "vlb" (T * L_{t-1} + L_T) / - / RESCALED_KL, "hybrid" [IDDPM Sec. 3.1] / - / RESCALED_MSE
+                      with learned_range
 
 A note on the seed derivations (../shared/seeds): some write q(x_t | x_0) = N(sqrt(alpha_t) x_0, sqrt(1-alpha_t) I),
 putting alpha_t where alpha_bar_t is meant and a standard deviation where a variance is meant; one writes the
@@ -40,81 +53,29 @@ from . import schedules
 from .errors import ConfigError
 from .losses import LOG2, discretized_gaussian_log_likelihood, mean_flat, normal_kl
 from .noise import randn
+from .parameterization import LEARNED_VARIANCES, LOSSES, PREDICT, TARGET, VARIANCE, extract
 
-Parameterization = Literal["eps", "x0", "v"]
-VarianceType = Literal["fixed_small", "fixed_large", "learned_range"]
-LossType = Literal["simple", "vlb", "hybrid"]
+Parameterization = Literal["eps", "x0", "v", "xprev"]
+VarianceType = Literal["fixed_small", "fixed_large", "learned", "learned_range"]
+LossType = Literal["simple", "kl", "vlb", "hybrid"]
 
 # The coefficient tables, computed once in float64 and moved together to the data's device.
 _TABLES = (
     "beta", "alpha", "alpha_bar", "alpha_bar_prev", "sqrt_alpha_bar", "sqrt_one_minus_alpha_bar",
     "sqrt_recip_alpha_bar", "sqrt_recipm1_alpha_bar", "posterior_variance", "posterior_log_variance_clipped",
-    "posterior_mean_coef_x0", "posterior_mean_coef_xt", "log_beta", "timestep_map",
+    "posterior_mean_coef_x0", "posterior_mean_coef_xt", "log_beta", "fixed_large_variance",
+    "fixed_large_log_variance", "xprev_coef_x0", "xprev_coef_xt", "timestep_map",
 )
-
-
-def extract(a: torch.Tensor, t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """a[t] reshaped to (B, 1, ..., 1) so it broadcasts against x, in x's floating dtype."""
-    return a[t].to(x.dtype).reshape(t.shape[0], *([1] * (x.dim() - 1)))
-
-
-# --- parameterizations: model output -> (x0_pred, eps_pred) and the training target ---------------------------
-
-def _from_eps(d: "Diffusion", xt, t, out):
-    # x0 from eps: inverts Eq. 4, x0 = (x_t - sqrt(1 - alpha_bar) eps) / sqrt(alpha_bar) [DDPM Eq. 15 setup]
-    x0 = extract(d.sqrt_recip_alpha_bar, t, xt) * xt - extract(d.sqrt_recipm1_alpha_bar, t, xt) * out
-    return x0, out
-
-
-def _from_x0(d: "Diffusion", xt, t, out):
-    return out, d.eps_from_x0(xt, t, out)
-
-
-def _from_v(d: "Diffusion", xt, t, out):
-    # v = sqrt(alpha_bar) eps - sqrt(1 - alpha_bar) x0 [PD Sec. 4]; solve with x_t = sqrt(alpha_bar) x0 + ... eps
-    a, s = extract(d.sqrt_alpha_bar, t, xt), extract(d.sqrt_one_minus_alpha_bar, t, xt)
-    return a * xt - s * out, s * xt + a * out
-
-
-_PREDICT = {"eps": _from_eps, "x0": _from_x0, "v": _from_v}
-
-
-def _target(d: "Diffusion", x0, t, noise):
-    if d.parameterization == "eps":
-        return noise
-    if d.parameterization == "x0":
-        return x0
-    return extract(d.sqrt_alpha_bar, t, x0) * noise - extract(d.sqrt_one_minus_alpha_bar, t, x0) * x0
-
-
-# --- variances: (diffusion, t, x, extra model output) -> (variance, log_variance) of p(x_{t-1} | x_t) -----------
-
-def _fixed_small(d: "Diffusion", t, x, _):
-    # sigma_t^2 = beta~_t [DDPM Sec. 3.2]; log clipped at t = 0 where beta~_1 = 0
-    return extract(d.posterior_variance, t, x), extract(d.posterior_log_variance_clipped, t, x)
-
-
-def _fixed_large(d: "Diffusion", t, x, _):
-    # sigma_t^2 = beta_t [DDPM Sec. 3.2], as the paper's CIFAR-10 run
-    return extract(d.beta, t, x), extract(d.log_beta, t, x)
-
-
-def _learned_range(d: "Diffusion", t, x, v):
-    # log Sigma = v log beta + (1 - v) log beta~ with the network's v mapped from [-1, 1] to [0, 1] [IDDPM Eq. 15].
-    # v is clamped to [-1, 1] (IDDPM's code is not), so any output gives beta~_t <= Sigma <= beta_t
-    frac = (v.clamp(-1.0, 1.0) + 1.0) / 2.0
-    log_var = frac * extract(d.log_beta, t, x) + (1.0 - frac) * extract(d.posterior_log_variance_clipped, t, x)
-    return torch.exp(log_var), log_var
-
-
-_VARIANCE = {"fixed_small": _fixed_small, "fixed_large": _fixed_large, "learned_range": _learned_range}
 
 
 class Diffusion:
     """The forward process q, its posterior, and the reverse process p_theta for a given beta schedule.
 
     Not an nn.Module and owns no weights; `model` is an argument of every method that needs it.
-    With variance="learned_range" the model outputs 2C channels: the mean part, then v [IDDPM Eq. 15].
+    With a learned variance ("learned", "learned_range") the model outputs 2C channels: the mean part, then
+    log sigma^2 ("learned") or v [IDDPM Eq. 15]. `xprev_coef` (respaced processes only): the posterior-mean
+    coefficients of the one-step process at each index's model timestep, which "xprev" needs (see
+    parameterization._from_xprev); None: this process's own.
     """
 
     def __init__(
@@ -124,16 +85,17 @@ class Diffusion:
         variance: VarianceType = "fixed_large",
         *,
         timestep_map=None,
+        xprev_coef=None,
     ):
-        if parameterization not in _PREDICT:
-            raise ConfigError(f"parameterization {parameterization!r} is not one of {sorted(_PREDICT)}")
-        if variance not in _VARIANCE:
-            raise ConfigError(f"variance {variance!r} is not one of {sorted(_VARIANCE)}")
+        if parameterization not in PREDICT:
+            raise ConfigError(f"parameterization {parameterization!r} is not one of {sorted(PREDICT)}")
+        if variance not in VARIANCE:
+            raise ConfigError(f"variance {variance!r} is not one of {sorted(VARIANCE)}")
         self.parameterization = parameterization
         self.variance = variance
         beta = schedules.validate(beta)
         self.num_timesteps = len(beta)
-        self._set_tables(beta, timestep_map)
+        self._set_tables(beta, timestep_map, xprev_coef)
 
     @classmethod
     def from_name(cls, name: str, timesteps: int = 1000, *, parameterization: Parameterization = "eps",
@@ -142,7 +104,7 @@ class Diffusion:
         beta = schedules.get(name, timesteps, **schedule_kwargs)
         return cls(beta, parameterization=parameterization, variance=variance)
 
-    def _set_tables(self, beta: np.ndarray, timestep_map) -> None:
+    def _set_tables(self, beta: np.ndarray, timestep_map, xprev_coef=None) -> None:
         """Every coefficient once, in float64 [DDPM Eqs. 4, 6, 7]."""
         alpha = 1.0 - beta
         alpha_bar = np.cumprod(alpha)
@@ -151,6 +113,10 @@ class Diffusion:
         # beta~ at t = 0 is 0 (x_0 is known given x_1 and x_0): clip the log to the next value so it is finite.
         # With T = 1 there is no next value; then beta_1 stands in.
         floor = posterior_variance[1] if len(beta) > 1 else beta[0]
+        coef_x0 = beta * np.sqrt(alpha_bar_prev) / (1.0 - alpha_bar)
+        coef_xt = (1.0 - alpha_bar_prev) * np.sqrt(alpha) / (1.0 - alpha_bar)
+        # sigma^2 = beta_t, with beta~_2 at t = 1 as the authors' code [parameterization._fixed_large]
+        fixed_large = np.append(floor, beta[1:])
         t = {
             "beta": beta,
             "alpha": alpha,
@@ -162,9 +128,13 @@ class Diffusion:
             "sqrt_recipm1_alpha_bar": np.sqrt(1.0 / alpha_bar - 1.0),
             "posterior_variance": posterior_variance,
             "posterior_log_variance_clipped": np.log(np.append(floor, posterior_variance[1:])),
-            "posterior_mean_coef_x0": beta * np.sqrt(alpha_bar_prev) / (1.0 - alpha_bar),
-            "posterior_mean_coef_xt": (1.0 - alpha_bar_prev) * np.sqrt(alpha) / (1.0 - alpha_bar),
+            "posterior_mean_coef_x0": coef_x0,
+            "posterior_mean_coef_xt": coef_xt,
             "log_beta": np.log(beta),
+            "fixed_large_variance": fixed_large,
+            "fixed_large_log_variance": np.log(fixed_large),
+            "xprev_coef_x0": coef_x0 if xprev_coef is None else np.asarray(xprev_coef[0], dtype=np.float64),
+            "xprev_coef_xt": coef_xt if xprev_coef is None else np.asarray(xprev_coef[1], dtype=np.float64),
         }
         for name, value in t.items():
             setattr(self, name, torch.from_numpy(np.ascontiguousarray(value, dtype=np.float64)))
@@ -187,9 +157,10 @@ class Diffusion:
 
     # --- the forward process -----------------------------------------------------------------------------------
 
-    def q_mean_variance(self, x0, t):
+    def q_mean_variance(self, x0: torch.Tensor, t):
         """Mean, variance and log-variance of q(x_t | x_0) [DDPM Eq. 4]."""
         self._on(x0)
+        t = _check_t(t, x0, self.num_timesteps)
         mean = extract(self.sqrt_alpha_bar, t, x0) * x0
         variance = extract(1.0 - self.alpha_bar, t, x0)
         return mean, variance, torch.log(variance)
@@ -211,6 +182,7 @@ class Diffusion:
 
     def eps_from_x0(self, xt, t, x0):
         """The eps for which x_t = sqrt(alpha_bar) x0 + sqrt(1 - alpha_bar) eps [DDPM Eq. 4 solved for eps]."""
+        t = _check_t(t, xt, self.num_timesteps)
         return (xt - extract(self.sqrt_alpha_bar, t, xt) * x0) / extract(self.sqrt_one_minus_alpha_bar, t, xt)
 
     # --- the reverse process -----------------------------------------------------------------------------------
@@ -218,13 +190,14 @@ class Diffusion:
     def split_output(self, out: torch.Tensor, x: torch.Tensor):
         """(mean part, variance part or None) of a raw model output; checks its shape."""
         channels = x.shape[1]
-        expect = 2 * channels if self.variance == "learned_range" else channels
+        learned = self.variance in LEARNED_VARIANCES
+        expect = 2 * channels if learned else channels
         if out.shape[0] != x.shape[0] or out.shape[1] != expect or out.shape[2:] != x.shape[2:]:
             raise ConfigError(
                 f"model output has shape {tuple(out.shape)}, expected {(x.shape[0], expect, *x.shape[2:])} "
                 f"for variance={self.variance!r}"
             )
-        if self.variance == "learned_range":
+        if learned:
             return out[:, :channels], out[:, channels:]
         return out, None
 
@@ -241,14 +214,14 @@ class Diffusion:
             model_output = model(xt, self.timestep_map[t])
         mean_out, var_out = self.split_output(model_output.to(_math_dtype(xt)), xt)
         # 1. x0 and eps from whatever the network predicts
-        x0_pred, eps_pred = _PREDICT[self.parameterization](self, xt, t, mean_out)
+        x0_pred, eps_pred = PREDICT[self.parameterization](self, xt, t, mean_out)
         if clip_denoised:
             x0_pred = x0_pred.clamp(-1.0, 1.0)
             eps_pred = self.eps_from_x0(xt, t, x0_pred)
         # 2. mu_theta = mu~_t(x_t, x0_pred); for eps and no clipping this is Eq. 11 exactly
         mean, _, _ = self.q_posterior(x0_pred, xt, t)
-        # 3. sigma_t^2: fixed (Sec. 3.2) or learned (IDDPM Eq. 15)
-        variance, log_variance = _VARIANCE[self.variance](self, t, xt, var_out)
+        # 3. sigma_t^2: fixed (Sec. 3.2) or learned (the authors' "learned", IDDPM Eq. 15)
+        variance, log_variance = VARIANCE[self.variance](self, t, xt, var_out)
         return {"mean": mean, "variance": variance, "log_variance": log_variance,
                 "x0_pred": x0_pred, "eps_pred": eps_pred}
 
@@ -257,9 +230,15 @@ class Diffusion:
     def vlb_term_bpd(self, x0, xt, t, p: dict) -> torch.Tensor:
         """One term of the bound [DDPM Eq. 5] in bits/dim, (B,): L_{t-1} = KL(q(x_{t-1}|x_t,x_0) || p) for t > 0,
         and the decoder L_0 = -log p(x_0 | x_1) [Eq. 13] at index t = 0."""
+        t = _check_t(t, x0, self.num_timesteps)
         true_mean, _, true_log_var = self.q_posterior(x0, xt, t)
         kl = mean_flat(normal_kl(true_mean, true_log_var, p["mean"], p["log_variance"])) / LOG2
-        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, p["mean"], 0.5 * p["log_variance"])) / LOG2
+        # the decoder sees only the rows at t = 0 (others get a harmless N(x0, 1)), so that a non-finite gradient of
+        # the branch not taken cannot leak through torch.where as 0 * inf = nan
+        decoder = (t == 0).reshape(-1, *([1] * (x0.dim() - 1)))
+        mean = torch.where(decoder, p["mean"], x0.to(p["mean"].dtype))
+        log_scale = torch.where(decoder, 0.5 * p["log_variance"], torch.zeros_like(p["log_variance"]))
+        nll = -mean_flat(discretized_gaussian_log_likelihood(x0, mean, log_scale)) / LOG2
         return torch.where(t == 0, nll, kl)
 
     def prior_bpd(self, x0: torch.Tensor) -> torch.Tensor:
@@ -274,17 +253,23 @@ class Diffusion:
                       return_terms: bool = False) -> torch.Tensor | dict:
         """Per-example loss (B,) at t ~ Uniform (Algorithm 1), or at the given t.
 
-        "simple": L_simple = || target - model(x_t, t) ||^2, averaged over dimensions [DDPM Eq. 14].
+        "simple": L_simple = || target - model(x_t, t) ||^2, averaged over dimensions [DDPM Eq. 14]; the target is
+                  what the network predicts (eps, x0, v, or mu~_t for "xprev": ||mu~ - mu~_theta||^2, Table 2).
+        "kl":     the paper's L as the authors train it (their loss_type "kl"): the bound's term L_{t-1} at the
+                  drawn t in bits/dim, the decoder L_0 at t = 1 [DDPM Eqs. 5, 13]; not multiplied by T, no L_T
+                  (it has no parameters), uniform t only. Its mean over t is (L - L_T) / T.
         "vlb":    an unbiased one-sample estimate of the whole bound L_T + sum_t L_{t-1} in bits/dim:
                   L_T + T * L_{t-1} [DDPM Eq. 5]; its mean over uniform t equals `vlb_terms(...)["total_bpd"]`.
+                  It is T times "kl" (plus L_T), improved-diffusion's rescaled bound, and takes importance weights.
         "hybrid": L_simple + lambda * T * L_{t-1} with the mean detached in the bound term [IDDPM Sec. 3.1].
-        `t_weight` (B,) multiplies the bound term: 1 / (T p_t) for importance-sampled t [IDDPM Sec. 3.3].
+        `t_weight` (B,) multiplies the bound term of "vlb" and "hybrid": 1 / (T p_t) for importance-sampled t
+        [IDDPM Sec. 3.3]; "simple" and "kl" ignore it (the config allows importance sampling with "vlb" only).
         With return_terms, a dict: "loss" (B,) as above, "t" (B,), and detached, unweighted per-example terms:
         "mse" (L_simple) and/or "vb" (T * L_{t-1}, bits/dim), whose history importance sampling keeps.
         """
         self._on(x0)
-        if loss not in ("simple", "vlb", "hybrid"):
-            raise ConfigError(f"loss {loss!r} is not one of ['hybrid', 'simple', 'vlb']")
+        if loss not in LOSSES:
+            raise ConfigError(f"loss {loss!r} is not one of {sorted(LOSSES)}")
         if t is None:
             t = torch.randint(0, self.num_timesteps, (x0.shape[0],), device=x0.device)
         t = _check_t(t, x0, self.num_timesteps)
@@ -295,20 +280,16 @@ class Diffusion:
         mean_out, var_out = self.split_output(out, xt)
         terms = {"t": t}
         if loss in ("simple", "hybrid"):
-            terms["mse"] = mean_flat((_target(self, x0, t, noise) - mean_out) ** 2)
-        if loss in ("vlb", "hybrid"):
+            terms["mse"] = mean_flat((TARGET[self.parameterization](self, x0, xt, t, noise) - mean_out) ** 2)
+        if loss != "simple":
             if loss == "hybrid":  # stop-gradient: the bound term trains only the variance [IDDPM Sec. 3.1]
                 mean_out = mean_out.detach()
             frozen = mean_out if var_out is None else torch.cat([mean_out, var_out], dim=1)
             p = self.p_mean_variance(model, xt, t, clip_denoised=False, model_output=frozen)
-            terms["vb"] = self.num_timesteps * self.vlb_term_bpd(x0, xt, t, p)
-        vb = terms.get("vb")
-        if vb is not None and t_weight is not None:
-            vb = vb * t_weight
-        if loss == "simple":
-            value = terms["mse"]
-        else:
-            value = vb + self.prior_bpd(x0) if loss == "vlb" else terms["mse"] + hybrid_lambda * vb
+            terms["kl"] = self.vlb_term_bpd(x0, xt, t, p)
+            terms["vb"] = self.num_timesteps * terms["kl"]
+        value = LOSSES[loss](self, x0, terms, t_weight, hybrid_lambda)
+        terms.pop("kl", None)
         if not return_terms:
             return value
         return {"loss": value, **{k: v.detach() for k, v in terms.items()}}
@@ -353,7 +334,8 @@ class Diffusion:
         alpha_bar = self.alpha_bar.cpu().double().numpy()[tau]
         beta = np.minimum(1.0 - alpha_bar / np.append(1.0, alpha_bar[:-1]), np.nextafter(1.0, 0.0))
         tmap = self.timestep_map.cpu().numpy()[tau]
-        return Diffusion(beta, self.parameterization, self.variance, timestep_map=tmap)
+        coef = (self.xprev_coef_x0.cpu().double().numpy()[tau], self.xprev_coef_xt.cpu().double().numpy()[tau])
+        return Diffusion(beta, self.parameterization, self.variance, timestep_map=tmap, xprev_coef=coef)
 
     def sample(self, model, shape, *, sampler: str = "ancestral", steps: int | None = None,
                eta: float | None = None, spacing: str | None = None, generator: torch.Generator | None = None,

@@ -12,13 +12,15 @@ References:
 training_loss), every sampler and every figure take it as they take an unconditional network, and need nothing
 that knows about classes. The wrapper holds the labels of the batch, one per sample (or one for all).
 
-Which quantity is guided. The wrapper mixes the network's output, whatever it parameterizes: eps, x0 or v. This is
-one and the same guidance for all three. At fixed x_t and t each output is an affine function of eps with a
-coefficient that depends only on t (x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) [DDPM Eq. 15]; v = sqrt(ab) eps -
+Which quantity is guided. The wrapper mixes the network's output, whatever it parameterizes: eps, x0, v or mu~
+(xprev). This is one and the same guidance for all four. At fixed x_t and t each output is an affine function of
+eps with a coefficient that depends only on t (x0 = (x_t - sqrt(1 - ab) eps) / sqrt(ab) [DDPM Eq. 15]; v = sqrt(ab) eps -
 sqrt(1 - ab) x0 = (eps - sqrt(1 - ab) x_t) / sqrt(ab)), and the weights (1 + w) and -w sum to 1, so mixing x0 or v
 gives exactly the x0 or v of the guided eps of Eq. 6. Clipping x0 to [-1, 1] happens after the mix, in Diffusion.
-Learned variances (2C output channels [IDDPM Eq. 15]): the first C channels (the mean's output) are guided, the
-last C (the variance interpolation v) are the conditional model's: guidance moves the mean, not the variance.
+The same holds for "xprev": mu~_t = c_x0 x0 + c_xt x_t [DDPM Eq. 7] is affine in x0 with coefficients fixed by t,
+so mixing mu~ is mixing x0. Learned variances (2C output channels: log sigma^2 for "learned", the interpolation v
+for "learned_range" [IDDPM Eq. 15]): the first C channels (the mean's output) are guided, the last C are the
+conditional model's: guidance moves the mean, not the variance.
 
 w and diffusers: diffusers' pipelines write noise_uncond + s (noise_cond - noise_uncond) with `guidance_scale` s;
 that is Eq. 6 with s = 1 + w. So w = 0 (s = 1) is the plain conditional model, w = 2 here is guidance_scale 3.
@@ -91,7 +93,7 @@ class ClassifierFreeGuidance(nn.Module):
         c = xt.shape[1]
         w = self.guidance
         guided = (1 + w) * cond[:, :c] - w * uncond[:, :c]  # Eq. 6 on the mean's output
-        if cond.shape[1] == 2 * c:  # learned_range: keep the conditional variance channels
+        if cond.shape[1] == 2 * c:  # learned, learned_range: keep the conditional variance channels
             guided = torch.cat([guided, cond[:, c:]], dim=1)
         return guided
 

@@ -38,12 +38,18 @@ class _Oracle(nn.Module):
     def __init__(self, diffusion: Diffusion, learned_value: float = 1.0):
         super().__init__()
         tmap = diffusion.timestep_map.cpu()
-        alpha_bar = torch.ones(int(tmap.max()) + 1, dtype=torch.float64)
-        alpha_bar[tmap] = diffusion.alpha_bar.cpu().double()  # indexed by the timestep the model is called with
-        self.register_buffer("alpha_bar", alpha_bar)
+        size = int(tmap.max()) + 1
+        # every table indexed by the timestep the model is called with
+        for name, table in (("alpha_bar", "alpha_bar"), ("coef_x0", "xprev_coef_x0"), ("coef_xt", "xprev_coef_xt"),
+                            ("log_beta", "log_beta"), ("log_beta_tilde", "posterior_log_variance_clipped")):
+            values = torch.ones(size, dtype=torch.float64)
+            values[tmap] = getattr(diffusion, table).cpu().double()
+            self.register_buffer(name, values)
         self.parameterization = diffusion.parameterization
-        self.learned = diffusion.variance == "learned_range"
-        self.learned_value = learned_value  # the v channel for learned_range: +1 is sigma^2 = beta, -1 is beta~
+        self.variance = diffusion.variance
+        # the variance channel: v for learned_range (+1 is sigma^2 = beta, -1 is beta~); for "learned" the same
+        # sigma^2 as its log (log of beta^((1 + v) / 2) beta~^((1 - v) / 2)), so both modes give one variance
+        self.learned_value = learned_value
 
     def posterior_mean(self, xt: torch.Tensor, alpha_bar: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
         """E[x_0 | x_t] (or E[x_0 | x_t, c] for labels y) for flattened float64 x_t (B, D) and alpha_bar (B, 1)."""
@@ -56,9 +62,17 @@ class _Oracle(nn.Module):
         x0 = self.posterior_mean(flat, alpha_bar, y)
         a, s = alpha_bar.sqrt(), (1.0 - alpha_bar).sqrt()
         eps = (flat - a * x0) / s  # inverts Eq. 4
-        out = {"eps": eps, "x0": x0, "v": a * eps - s * x0}[self.parameterization].reshape(xt.shape)
-        if self.learned:
+        if self.parameterization == "xprev":  # mu~_t(x_t, x0) of the one-step posterior [DDPM Eq. 7]
+            out = self.coef_x0[t].unsqueeze(1) * x0 + self.coef_xt[t].unsqueeze(1) * flat
+        else:
+            out = {"eps": eps, "x0": x0, "v": a * eps - s * x0}[self.parameterization]
+        out = out.reshape(xt.shape)
+        if self.variance == "learned_range":
             out = torch.cat([out, torch.full_like(out, self.learned_value)], dim=1)
+        elif self.variance == "learned":
+            frac = (self.learned_value + 1.0) / 2.0
+            log_var = frac * self.log_beta[t] + (1.0 - frac) * self.log_beta_tilde[t]  # (B,)
+            out = torch.cat([out, log_var.reshape(-1, *([1] * (xt.dim() - 1))).expand_as(out)], dim=1)
         return out.to(xt.dtype)
 
 

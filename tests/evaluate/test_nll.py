@@ -29,10 +29,12 @@ def direct_total_for_eps_zero(d: Diffusion, x0: np.ndarray, seed: int) -> np.nda
         x0_pred = np.clip(xt / math.sqrt(ab), -1, 1)  # eps = 0, clipped as in evaluation
         c0, ct = beta * math.sqrt(ab_prev) / (1 - ab), (1 - ab_prev) * math.sqrt(alpha) / (1 - ab)
         mean_p = c0 * x0_pred + ct * xt
-        if i == 0:
+        if i == 0:  # sigma_1^2 = beta~_2 = beta_2 (1 - ab_1) / (1 - ab_2) for fixed_large, as the authors' code
+            b2 = float(d.beta[1])
+            sigma = math.sqrt(b2 * beta / (1 - (1 - beta) * (1 - b2)))
             lo = np.where(x0 < -0.999, -np.inf, x0 - 1 / 255)
             hi = np.where(x0 > 0.999, np.inf, x0 + 1 / 255)
-            term = -np.log(stats.norm.cdf(hi, mean_p, math.sqrt(beta)) - stats.norm.cdf(lo, mean_p, math.sqrt(beta)))
+            term = -np.log(stats.norm.cdf(hi, mean_p, sigma) - stats.norm.cdf(lo, mean_p, sigma))
         else:
             var_q = beta * (1 - ab_prev) / (1 - ab)
             mean_q = c0 * x0 + ct * xt

@@ -119,7 +119,7 @@ def test_ddim_with_eta_one_is_ancestral_sampling_with_beta_tilde():
     assert torch.allclose(a, b, atol=1e-4)
 
 
-@pytest.mark.parametrize("parameterization", ["x0", "v"])
+@pytest.mark.parametrize("parameterization", ["x0", "v", "xprev"])
 def test_other_parameterizations_sample_the_same_mixture(parameterization):
     mass, spread = mixture_stats(draw("fixed_large", "ddim", 50, parameterization=parameterization))
     for m, w in zip(mass, WEIGHTS):

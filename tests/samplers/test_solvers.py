@@ -85,7 +85,7 @@ def test_first_order_steps_are_ddim_and_algorithm_2():
         assert torch.allclose(xa, xb, atol=1e-12), (a, b)
 
 
-@pytest.mark.parametrize("parameterization", ["x0", "v"])
+@pytest.mark.parametrize("parameterization", ["x0", "v", "xprev"])
 @pytest.mark.parametrize("sampler", ["dpm++2m", "dpm++3m", "heun"])
 def test_the_parameterizations_give_the_same_ode_solution(parameterization, sampler):
     # The oracle answers each parameterization with the same x0, so the solvers must agree to rounding.
@@ -101,12 +101,13 @@ def test_the_parameterizations_give_the_same_ode_solution(parameterization, samp
 def test_a_learned_variance_model_uses_only_its_mean_in_the_solvers(sampler):
     x_T = torch.randn(32, 2, generator=torch.Generator().manual_seed(4), dtype=torch.float64)
     out = []
-    for variance, kwargs in (("fixed_large", {}), ("learned_range", {"learned_value": -0.3})):
+    for variance, kwargs in (("fixed_large", {}), ("learned_range", {"learned_value": -0.3}),
+                             ("learned", {"learned_value": 0.4})):
         d = Diffusion.from_name("linear", 1000, variance=variance)
         model = oracle.gaussian_mixture(d, MEANS, [STD] * 3, WEIGHTS, **kwargs)
         out.append(d.sample(model, x_T.shape, sampler=sampler, steps=12, x_T=x_T,
                             generator=torch.Generator().manual_seed(0)))
-    assert torch.allclose(*out, atol=1e-12)
+    assert all(torch.allclose(out[0], o, atol=1e-12) for o in out[1:])
 
 
 class CountingModel(torch.nn.Module):

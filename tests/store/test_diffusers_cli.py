@@ -71,6 +71,7 @@ UNET_REFUSALS = {  # config.json key -> (a value ddpmkit cannot express, words t
 SCHEDULER_REFUSALS = {
     "beta_schedule": ("scaled_linear", ["beta_schedule", "squaredcos_cap_v2"]),
     "variance_type": ("learned_range", ["variance_type", "clamps the learned v"]),
+    "variance_type learned": ("learned", ["variance_type", "is log sigma^2"]),  # the key is the first word
     "prediction_type": ("flow", ["prediction_type", "v_prediction"]),
     "clip_sample": (False, ["clip_sample = false", "clip x0"]),
     "clip_sample_range": (2.0, ["clip_sample_range = 2.0"]),
@@ -92,7 +93,7 @@ def test_a_unet_config_ddpmkit_cannot_express_is_refused(tmp_path, tiny_flat, ca
 @pytest.mark.parametrize("key", sorted(SCHEDULER_REFUSALS))
 def test_a_scheduler_config_without_counterpart_is_refused(tmp_path, tiny_flat, capsys, key):
     value, words = SCHEDULER_REFUSALS[key]
-    edit_json(tiny_flat / "scheduler_config.json", **{key: value})
+    edit_json(tiny_flat / "scheduler_config.json", **{key.split()[0]: value})
     _refused(capsys, ["import-diffusers", str(tiny_flat), "--out", str(tmp_path / "run")], "scheduler_config.json",
              *words)
     assert not (tmp_path / "run").exists()
@@ -196,8 +197,12 @@ def test_export_refuses_what_diffusers_cannot_express(tmp_path, capsys):
     from ddpmkit.store import write_run
 
     for name, values, net_options, words in [
-        ("learned", {"diffusion.variance": "learned_range", "model.num_groups": 8}, {"out_channels": 2, "num_groups": 8},
-         ["diffusion.variance = 'learned_range'", "does not clamp v"]),
+        ("learned", {"diffusion.variance": "learned_range", "train.loss": "hybrid", "model.num_groups": 8},
+         {"out_channels": 2, "num_groups": 8}, ["diffusion.variance = 'learned_range'", "does not clamp v"]),
+        ("logvar", {"diffusion.variance": "learned", "train.loss": "kl", "model.num_groups": 8},
+         {"out_channels": 2, "num_groups": 8}, ["diffusion.variance = 'learned'", "log sigma^2"]),
+        ("xprev", {"diffusion.parameterization": "xprev", "model.num_groups": 8}, {"num_groups": 8},
+         ["diffusion.parameterization = 'xprev'", "no prediction_type"]),
         ("narrow", {}, {}, ["GroupNorm over 16 channels has 8 groups, not model.num_groups = 32"]),
     ]:
         config = RunConfig().with_values({"model.preset": "tiny", "diffusion.timesteps": 10, **values})

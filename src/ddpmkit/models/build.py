@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from ddpmkit.config import RunConfig
 from ddpmkit.models.unet import UNet
+from ddpmkit.parameterization import output_channels
 
 
 def build_model(config: RunConfig, image_size: int, channels: int) -> UNet:
-    """The configured U-Net for (channels, image_size, image_size) data; 2C outputs for learned variances
-    (the network outputs eps and the interpolation weight v of [IDDPM Eq. 15])."""
-    out_channels = 2 * channels if config.diffusion.variance == "learned_range" else channels
+    """The configured U-Net for (channels, image_size, image_size) data; 2C outputs for learned variances (the
+    second half is log sigma^2 for "learned", the interpolation weight v of [IDDPM Eq. 15] for "learned_range")."""
+    out_channels = output_channels(config.diffusion.variance, channels)
     options = config.model.overrides()
     if "attn_resolutions" in options:
         # resolutions the user names refer to this data's size; a preset's own refer to the preset's size, so

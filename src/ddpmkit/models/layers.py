@@ -10,7 +10,9 @@ Layer order, initialisation and the downsampling pad follow the authors' TensorF
 - Weights are fan-avg uniform (Xavier/Glorot, gain 1), biases 0; the last conv of each ResBlock, the attention
   output projection and the network's output conv start at 0, so every block starts as the identity.
 - The original q, k, v 1x1 "NIN" projections (each C -> C with bias) are fused into one C -> 3C linear layer:
-  the same parameters in one matmul.
+  the same parameters in one matmul, initialised as three separate C -> C layers (fan_avg of C, not of 2C), so
+  the weights have the spread of the authors' q, k and v (one fan-avg init of the fused C x 3C matrix would
+  give 1/sqrt(2) of it).
 """
 
 import math
@@ -120,7 +122,10 @@ class AttnBlock(nn.Module):
     def __init__(self, ch: int, num_groups: int):
         super().__init__()
         self.norm = group_norm(ch, num_groups)
-        self.qkv = linear(ch, 3 * ch)  # the original's q, k, v NIN layers, fused
+        self.qkv = nn.Linear(ch, 3 * ch)  # the original's q, k, v NIN layers, fused
+        for part in self.qkv.weight.data.chunk(3, dim=0):  # q, k, v: each its own C -> C fan-avg init
+            nn.init.xavier_uniform_(part)
+        nn.init.zeros_(self.qkv.bias)
         self.proj_out = linear(ch, ch, scale=0.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

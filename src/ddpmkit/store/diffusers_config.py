@@ -17,7 +17,10 @@ float32 rounding (1.4e-9 for T = 1000). variance_type fixed_small (and fixed_sma
 fixed_large map to ddpmkit's; prediction_type epsilon / sample / v_prediction to eps / x0 / v. clip_sample must be
 true with range 1 (ddpmkit's samplers clip x0 to [-1, 1]). timestep_spacing and steps_offset only choose diffusers'
 timesteps for fewer inference steps than T; ddpmkit respaces on its own (--steps), so they are not part of the model.
-learned_range is refused both ways: ddpmkit clamps the network's v to [-1, 1], diffusers does not.
+learned_range is refused both ways: ddpmkit clamps the network's v to [-1, 1], diffusers does not. So is learned:
+ddpmkit's (the authors') second half is log sigma^2, diffusers' variance_type "learned" reads it as sigma^2 itself.
+parameterization "xprev" (the network predicts mu~_t [DDPM Eq. 7]) is refused on export: diffusers has no
+prediction_type for it.
 """
 
 from __future__ import annotations
@@ -233,8 +236,9 @@ def read_scheduler_config(raw: Any, file: Path) -> dict:
             raise refusal(file, key, c[key], supported)
     timesteps = _int(c, "num_train_timesteps", file)
     if c["variance_type"] not in _VARIANCE:
-        why = " (ddpmkit clamps the learned v to [-1, 1], diffusers does not)" if "learned" in str(c[
-            "variance_type"]) else ""
+        why = {"learned_range": " (ddpmkit clamps the learned v to [-1, 1], diffusers does not)",
+               "learned": " (diffusers' \"learned\" output is sigma^2; ddpmkit's, as the authors', is log sigma^2)",
+               }.get(str(c["variance_type"]), "")
         raise refusal(file, "variance_type", c["variance_type"], f"{', '.join(map(json.dumps, _VARIANCE))}{why}")
     if c["prediction_type"] not in _PREDICTION:
         raise refusal(file, "prediction_type", c["prediction_type"], ", ".join(map(json.dumps, _PREDICTION)))
@@ -261,8 +265,14 @@ def unet_config_for(spec: UNetSpec) -> dict:
 def scheduler_config_for(diffusion: dict, source: str) -> dict:
     """The DDPMScheduler scheduler_config.json for a run's [diffusion] section; betas passed exactly."""
     if diffusion["variance"] not in ("fixed_small", "fixed_large"):
+        why = {"learned": "diffusers' variance_type \"learned\" reads the output as sigma^2, ddpmkit's is log sigma^2"
+               }.get(diffusion["variance"], "diffusers' learned_range does not clamp v to [-1, 1] as ddpmkit does")
         raise CheckpointFileError(Path(source), f"diffusion.variance = {diffusion['variance']!r} cannot be exported "
-                                  "exactly: diffusers' learned_range does not clamp v to [-1, 1] as ddpmkit does")
+                                  f"exactly: {why}")
+    if diffusion["parameterization"] not in _PREDICTION.values():
+        raise CheckpointFileError(Path(source), f"diffusion.parameterization = {diffusion['parameterization']!r} "
+                                  "cannot be exported: diffusers has no prediction_type for the posterior mean mu~_t; "
+                                  f"supported: {', '.join(sorted(_PREDICTION.values()))}")
     timesteps = diffusion["timesteps"]
     if diffusion["schedule"] == "linear":
         beta = schedules.linear(timesteps, diffusion["beta_start"], diffusion["beta_end"])
