@@ -1,0 +1,67 @@
+"""Is a checkpoint trained enough to sample? The reasons a stopped or short run would hand back noise, and the fix.
+
+Two things keep a network at its random initialisation, and both are computable from the config and the step
+alone (no weights needed):
+  * the learning-rate warm-up [DDPM App. B]: Adam moves each weight by about the learning rate per step, so the
+    run's length in full-learning-rate steps is sum_k lr_k / lr (train/lr_schedule.py `lr_integral`). Step 77 of
+    a 1000-step warm-up is sum_{k=1}^{77} k / 1000 = 3.0 full steps: the weights have moved by at most 3 lr
+    (6e-4 at lr 2e-4), against an initial scale of about 1 / sqrt(fan_in) (0.04 for a 3x3 conv of 64 channels).
+  * the EMA: after n updates it still holds prod_{k<n} decay_k of the initial weights. A fixed decay of 0.9995
+    keeps 0.9995^77 = 96% of them at step 77; with the (1 + n) / (10 + n) warm-up (ddpmkit's default) 3e-12;
+    the power-function EMA none (its first decay is 0).
+"""
+
+from __future__ import annotations
+
+import math
+
+from .lr_schedule import lr_integral
+from .power_ema import gamma_of_sigma_rel
+
+MIN_FULL_LR_STEPS = 100  # fewer than this many full-learning-rate steps: samples are noise (bench/budget.py)
+MAX_INITIAL_SHARE = 0.5  # the EMA holds more than this share of the initial weights: samples are noise
+
+
+def ema_decay_at(train, num_updates: int) -> float:
+    """The decay of update `num_updates` (0-based) as train/ema.py and train/power_ema.py apply it."""
+    if train.ema_schedule == "power":
+        return (1.0 - 1.0 / (num_updates + 1)) ** (gamma_of_sigma_rel(train.ema_sigma_rel) + 1.0)
+    if not train.ema_warmup:
+        return train.ema_decay
+    return min(train.ema_decay, (1.0 + num_updates) / (10.0 + num_updates))
+
+
+def ema_initial_share(train, steps: int) -> float:
+    """Share of the EMA that is still the initial weights after `steps` updates."""
+    log_share = 0.0
+    for k in range(steps):
+        d = ema_decay_at(train, k)
+        if d <= 0.0:
+            return 0.0
+        log_share += math.log(d)
+    return math.exp(log_share)
+
+
+def untrained_reasons(train, step: int) -> list[str]:
+    """Why the model at `step` (a TrainConfig's run) samples noise; [] when neither cause applies."""
+    reasons = []
+    full = lr_integral(step, train) if step else 0.0
+    if full < MIN_FULL_LR_STEPS:
+        warm = f", in a learning-rate warm-up of {train.warmup} steps" if step < train.warmup else ""
+        reasons.append(f"it has trained for {step} steps{warm}, {full:.1f} steps' worth at the full learning rate "
+                       f"(samples need at least {MIN_FULL_LR_STEPS})")
+    share = ema_initial_share(train, step)
+    if share > MAX_INITIAL_SHARE:
+        reasons.append(f"its EMA (decay {train.ema_decay:g}) still holds {share:.0%} of the random initial weights")
+    return reasons
+
+
+def warning(train, step: int, run_dir, data_spec: str | None = None) -> str | None:
+    """One line for stderr when the model at `step` will sample noise: why, and what to do; else None."""
+    reasons = untrained_reasons(train, step)
+    if not reasons:
+        return None
+    data = f" --data {data_spec}" if data_spec else ""
+    return (f"warning: the model at step {step} is not trained yet, so its samples will be noise: "
+            f"{'; '.join(reasons)}. Continue it with `ddpm train --out {run_dir} --resume` (add --minutes M to "
+            f"plan the rest), or train a run planned to fit your time: `ddpm train{data} --out NEW_DIR --minutes M`")
