@@ -219,8 +219,6 @@ def peers(args) -> int:
 
     base = args.out / f"peers_{args.data}_{args.minutes:g}min"
     base.mkdir(parents=True, exist_ok=True)
-    if args.data != "digits":
-        classifier(args.out)  # before the clock starts
     print(f"side by side, {args.minutes:g} min each, one thread each; load {os.getloadavg()[0]:.2f}; "
           f"{time.strftime('%H:%M:%S %Z')}", flush=True)
     ours = base / "ddpmkit"
@@ -228,18 +226,28 @@ def peers(args) -> int:
                             "--no-progress")}
     for name in PEER_NAMES:
         jobs[name] = [sys.executable, str(HERE / "peers_budget.py"), "--peer", name, "--data", args.data, "--minutes",
-                      str(args.minutes), "--n", str(args.n), "--out", str(base / name)]
+                      str(args.minutes), "--n", str(args.n), "--out", str(base / name), "--sample-minutes",
+                      str(args.sample_minutes)]
     start = time.monotonic()
     with ThreadPoolExecutor(len(jobs)) as pool:
         list(pool.map(lambda kv: run(kv[1], base / f"{kv[0]}.log"), jobs.items()))
     print(f"all trained and sampled after {time.monotonic() - start:.0f} s; load {os.getloadavg()[0]:.2f}", flush=True)
-    rows = {name: score(base / name / "ddim50_seed0.npz", args.data, args.out) for name in PEER_NAMES}
+    rows = {}
     for seed in (0, 1):
-        rows[f"ddpmkit seed {seed}"] = score(sample_ddpmkit(ours, args.n, seed, base / "ddpmkit.log"), args.data,
-                                              args.out)
+        npz = sample_ddpmkit(ours, args.n, seed, base / "ddpmkit.log")
+        rows[f"ddpmkit seed {seed}"] = {"n": args.n, **score(npz, args.data, args.out)}
+    for name in PEER_NAMES:  # a peer whose sampling was cut short is scored at its n, and ddpmkit at that n too
+        full = base / name / "ddim50_seed0.npz"
+        npz = full if full.is_file() else base / name / "ddim50_seed0_partial.npz"
+        n = len(np.load(npz)["arr_0"])
+        rows[name] = {"n": n, **score(npz, args.data, args.out)}
+        if n < args.n:
+            part = base / f"ddpmkit_first{n}.npz"
+            np.savez(part, np.load(ours / "ddim50_seed0.npz")["arr_0"][:n])
+            rows[f"ddpmkit seed 0, first {n}"] = {"n": n, **score(part, args.data, args.out)}
     floor = real_floor(args.data, args.n, args.out)
     for name, r in rows.items():
-        print(f"{name:<18} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()))
+        print(f"{name:<26} " + " ".join(f"{k} {v:.3f}" for k, v in r.items()))
     print("real-vs-real floor: " + "; ".join(" ".join(f"{k} {v:.3f}" for k, v in r.items()) for r in floor))
     print(f"load at the end {os.getloadavg()[0]:.2f}")
     (base / "peers.json").write_text(json.dumps({"rows": rows, "floor": floor}, indent=1))
@@ -256,6 +264,8 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--noise-steps", type=int, default=77)
+    p.add_argument("--sample-minutes", type=float, default=25.0,
+                   help="peers: stop sampling after this many minutes, keeping each full batch of 100")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "budget")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)

@@ -41,13 +41,16 @@ def cropped(x: torch.Tensor, size: int) -> torch.Tensor:
     return x[..., pad:pad + size, pad:pad + size]
 
 
-def lucidrains(x_all: torch.Tensor, seconds: float, n: int):
+def lucidrains(x_all: torch.Tensor, seconds: float, out: Path):
     """Unet(dim=64) with its default dim_mults, GaussianDiffusion defaults (pred_v, sigmoid, T = 1000) and its
     Trainer's defaults: batch 16, Adam 1e-4 betas (0.9, 0.99), clip 1, hflip, EMA 0.995 every 10 steps."""
     Unet, GaussianDiffusion, EMA = _import_lucidrains()
     unet = Unet(dim=64, channels=1)
     diffusion = GaussianDiffusion(unet, image_size=SIZE, timesteps=1000, sampling_timesteps=50)  # DDIM 50, eta 0
     ema = EMA(diffusion, beta=0.995, update_every=10)
+    if seconds <= 0:  # --sample-only
+        ema.ema_model.load_state_dict(torch.load(out / "ema.pt"))
+        return ema.ema_model.eval(), None
     opt = torch.optim.Adam(diffusion.parameters(), lr=1e-4, betas=(0.9, 0.99))
     gen, steps, start = torch.Generator().manual_seed(0), 0, time.monotonic()
     while time.monotonic() - start < seconds:
@@ -62,13 +65,17 @@ def lucidrains(x_all: torch.Tensor, seconds: float, n: int):
         ema.update()
         steps += 1
     train_s = time.monotonic() - start
-    torch.manual_seed(0)
+    torch.save(ema.ema_model.state_dict(), out / "ema.pt")
+    return ema.ema_model.eval(), {"steps": steps, "train_s": train_s, "params": sum(p.numel() for p in unet.parameters())}
+
+
+def lucidrains_sample(model, b: int, seed: int) -> torch.Tensor:
+    torch.manual_seed(seed)
     with torch.no_grad():
-        out = torch.cat([ema.ema_model.eval().sample(batch_size=min(100, n - i)) for i in range(0, n, 100)])
-    return out * 2 - 1, steps, train_s, sum(p.numel() for p in unet.parameters())
+        return model.sample(batch_size=b) * 2 - 1  # its DDIM (sampling_timesteps 50, eta 0), [0, 1] -> [-1, 1]
 
 
-def diffusers_recipe(x_all: torch.Tensor, seconds: float, n: int):
+def diffusers_recipe(x_all: torch.Tensor, seconds: float, out: Path):
     """train_unconditional.py's defaults: its UNet2DModel, DDPMScheduler(1000, linear), batch 16, AdamW 1e-4
     betas (0.95, 0.999) wd 1e-6 eps 1e-8, cosine schedule with 500 warm-up steps over 100 epochs, clip 1,
     EMAModel(max 0.9999, inv_gamma 1, power 3/4, with its warm-up)."""
@@ -87,6 +94,10 @@ def diffusers_recipe(x_all: torch.Tensor, seconds: float, n: int):
     total = 100 * math.ceil(len(x_all) / 16)
     lr_sched = get_scheduler("cosine", optimizer=opt, num_warmup_steps=500, num_training_steps=total)
     ema = EMAModel(unet.parameters(), decay=0.9999, use_ema_warmup=True, inv_gamma=1.0, power=0.75)
+    pipe = lambda: DDIMPipeline(unet=unet.eval(), scheduler=DDIMScheduler.from_config(sched.config))  # noqa: E731
+    if seconds <= 0:  # --sample-only
+        unet.load_state_dict(torch.load(out / "ema.pt"))
+        return pipe(), None
     gen, steps, start = torch.Generator().manual_seed(0), 0, time.monotonic()
     perm = torch.randperm(len(x_all), generator=gen)
     while time.monotonic() - start < seconds:
@@ -103,16 +114,17 @@ def diffusers_recipe(x_all: torch.Tensor, seconds: float, n: int):
         steps += 1
     train_s = time.monotonic() - start
     ema.copy_to(unet.parameters())
-    pipe = DDIMPipeline(unet=unet.eval(), scheduler=DDIMScheduler.from_config(sched.config))
-    out = []
-    for i in range(0, n, 100):
-        images = pipe(batch_size=min(100, n - i), generator=torch.Generator().manual_seed(i), num_inference_steps=50,
-                      eta=0.0, output_type="np").images  # (b, 32, 32, 1) in [0, 1]
-        out.append(torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1)
-    return torch.cat(out), steps, train_s, sum(p.numel() for p in unet.parameters())
+    torch.save(unet.state_dict(), out / "ema.pt")
+    return pipe(), {"steps": steps, "train_s": train_s, "params": sum(p.numel() for p in unet.parameters())}
 
 
-PEERS = {"lucidrains": lucidrains, "diffusers": diffusers_recipe}
+def diffusers_sample(pipe, b: int, seed: int) -> torch.Tensor:
+    images = pipe(batch_size=b, generator=torch.Generator().manual_seed(seed), num_inference_steps=50, eta=0.0,
+                  output_type="np").images  # (b, 32, 32, 1) in [0, 1]
+    return torch.from_numpy(images).permute(0, 3, 1, 2) * 2 - 1
+
+
+PEERS = {"lucidrains": (lucidrains, lucidrains_sample), "diffusers": (diffusers_recipe, diffusers_sample)}
 
 
 def main(argv=None) -> int:
@@ -122,19 +134,31 @@ def main(argv=None) -> int:
     p.add_argument("--minutes", type=float, default=15.0)
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--sample-only", action="store_true", help="sample again from DIR/ema.pt")
+    p.add_argument("--sample-minutes", type=float, default=math.inf,
+                   help="stop sampling after the batch of 100 that passes this; the part is kept (a shared CPU)")
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data = load_dataset(args.data, split="train")
-    x_all = padded(data.images)
-    x, steps, train_s, params = PEERS[args.peer](x_all, args.minutes * 60.0, args.n)
-    samples = from_model_range(cropped(x.clamp(-1, 1), data.image_size)).numpy()
     args.out.mkdir(parents=True, exist_ok=True)
-    np.savez(args.out / "ddim50_seed0.npz", samples)
+    train, draw = PEERS[args.peer]
+    model, result = train(padded(data.images), 0.0 if args.sample_only else args.minutes * 60.0, args.out)
+    if result is not None:
+        result["peer"] = args.peer
+        (args.out / "result.json").write_text(json.dumps(result))
+        print(json.dumps(result), flush=True)
+    chunks, start = [], time.monotonic()
+    for i in range(0, args.n, 100):  # saved after each 100, so a slow machine leaves a usable part
+        x = draw(model, min(100, args.n - i), i)
+        chunks.append(from_model_range(cropped(x.clamp(-1, 1), data.image_size)).numpy())
+        samples = np.concatenate(chunks)
+        name = "ddim50_seed0.npz" if len(samples) == args.n else "ddim50_seed0_partial.npz"
+        np.savez(args.out / name, samples)
+        print(f"sampled {len(samples)} in {time.monotonic() - start:.0f} s", flush=True)
+        if time.monotonic() - start > 60 * args.sample_minutes:
+            break
     save_grid(samples[:64], args.out / "grid.png")
-    result = {"peer": args.peer, "steps": steps, "train_s": train_s, "params": params}
-    (args.out / "result.json").write_text(json.dumps(result))
-    print(json.dumps(result))
     return 0
 
 

@@ -28,6 +28,19 @@ def _add_sample(sub) -> None:
                    help="conditional run: K samples of each class (or of each --class), one labelled row per class")
 
 
+def _warn_if_untrained(pipe, run_dir: Path) -> None:
+    """Say so on stderr, with why and what to do, when the checkpoint is too early to give anything but noise."""
+    import sys
+
+    from ..train.readiness import warning
+
+    if pipe.step == 0:  # imported weights (ddpm import-diffusers) say nothing of how they were trained
+        return
+    line = warning(pipe.config.train, pipe.step, run_dir, pipe.config.data.spec)
+    if line:
+        print(line, file=sys.stderr)
+
+
 def cmd_sample(args) -> int:
     from ..figures.grid import save_grid
     from ..pipeline import load
@@ -36,6 +49,7 @@ def cmd_sample(args) -> int:
         raise UserError("--n and --batch-size must be at least 1")
     pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
                 device=None if args.device == "auto" else args.device)
+    _warn_if_untrained(pipe, args.run_dir)
     sampler, steps, _, spacing = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
     labels, guidance = _sample_labels(args, pipe)
     n = args.n if labels is None else len(labels)
