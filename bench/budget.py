@@ -7,7 +7,8 @@ head-to-head against two peers at an equal budget.
     python bench/budget.py --part peers --data fashion-mnist --minutes 15            # ddpmkit vs 2 peers, one run
     # full size (not run here): --part sweep with --minutes 5, 15 and 60 on both data sets
 
-Every training process gets one thread (torch.set_num_threads(1), OMP_NUM_THREADS=1) and runs under `nice`; the
+Every training process gets one thread (torch.set_num_threads(1), OMP_NUM_THREADS=1); run the script itself under
+`nice -n 10` (its processes inherit it); the
 cores may be shared with other work, so the load is printed. Samples: DDIM [Song et al. 2020] with 50 steps, eta 0,
 n = --n (400), seed 0 (and 1 for ddpmkit, for the spread). Scores: digits in bench/digits_score.py's classifier;
 Fashion-MNIST in a classifier's features (`ddpm train-classifier`, cached in --out, as `ddpm eval --features`): FID,
@@ -69,7 +70,7 @@ def run(cmd: list[str], log: Path) -> None:
     with log.open("a") as f:
         f.write(f"$ {' '.join(cmd)}\n")
         f.flush()
-        subprocess.run(["nice", "-n", "10", *cmd], stdout=f, stderr=subprocess.STDOUT, env=env1(), check=True)
+        subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env1(), check=True)  # niced with this script
 
 
 def ddpm(*args: str) -> list[str]:

@@ -38,7 +38,8 @@ BATCH = 64
 LR = 1e-3
 WARMUP_FRAC = 0.05
 EMA_SIGMA_REL = 0.10
-GRIDS = 4  # sample grids (and checkpoints) at each quarter of the run; the last one is the final grid
+GRIDS = 4  # at most this many sample grids (and checkpoints), evenly spaced; the last one is the final grid
+GRID_SHARE = 0.05  # ... and fewer when they would take more than this share of the budget (at least the final one)
 PROBE_STEPS = 3  # timed steps per candidate, after one untimed step
 PROBE_SHARE = 0.15  # the probe stops once it has used this share of the budget
 SAFETY = 0.02  # the plan ends this share of the budget (at least 1 s) before the deadline
@@ -65,9 +66,16 @@ def candidates(image_size: int) -> list[Candidate]:
             for ch, nrb in ladder]
 
 
-def _recipe(steps: int) -> dict:
-    """train.* values the rule gives a run of `steps` steps."""
-    every = max(1, steps // GRIDS)
+def _grid_count(budget_s: float, timing: "Timing") -> int:
+    """How many sample grids the run draws: GRIDS, or as many as fit in GRID_SHARE of the budget, at least 1."""
+    if timing.grid_s <= 0:
+        return GRIDS
+    return max(1, min(GRIDS, int(GRID_SHARE * budget_s / timing.grid_s)))
+
+
+def _recipe(steps: int, grids: int = GRIDS) -> dict:
+    """train.* values the rule gives a run of `steps` steps with `grids` sample grids."""
+    every = max(1, steps // grids)
     return {"train.batch_size": BATCH, "train.lr": LR, "train.warmup": max(1, round(WARMUP_FRAC * steps)),
             "train.lr_decay": "cosine", "train.ema_schedule": "power", "train.ema_sigma_rel": EMA_SIGMA_REL,
             "train.sample_every": every, "train.checkpoint_every": every}
@@ -163,9 +171,9 @@ class _NoAutocast:
 
 # --- the plan -----------------------------------------------------------------------------------------------------
 
-def _steps_in(seconds: float, timing: Timing, grids: bool) -> int:
-    """Steps that fit in `seconds` with GRIDS sample grids (when the run draws them) and one checkpoint on top."""
-    left = seconds - GRIDS * timing.grid_s * grids - _checkpoint_s(timing.params)
+def _steps_in(seconds: float, timing: Timing, grids: int) -> int:
+    """Steps that fit in `seconds` with `grids` sample grids and one checkpoint on top."""
+    left = seconds - grids * timing.grid_s - _checkpoint_s(timing.params)
     return max(0, int(left / timing.step_s))
 
 
@@ -189,9 +197,10 @@ def plan_run(config: RunConfig, data, device: torch.device, *, started: float, f
         timing = probe(_with(base, cand.model, fixed), data, device)
         probed.append((cand.name, timing))
         left = started + budget - time.monotonic() - SAFETY * budget
-        if chosen is None or _steps_in(left, timing, True) >= MIN_STEPS:
+        fits = _steps_in(left, timing, _grid_count(budget, timing)) >= MIN_STEPS
+        if chosen is None or fits:
             chosen = (cand, timing)
-        if _steps_in(left, timing, True) < MIN_STEPS or time.monotonic() - started > PROBE_SHARE * budget:
+        if not fits or time.monotonic() - started > PROBE_SHARE * budget:
             break  # larger networks get fewer steps still
     cand, timing = chosen
     return _finish(_with(base, cand.model, fixed), timing, started, budget, probed, cand.name, fixed)
@@ -199,16 +208,17 @@ def plan_run(config: RunConfig, data, device: torch.device, *, started: float, f
 
 def _finish(config, timing, started, budget, probed, name, fixed, resumed: bool = False) -> Plan:
     left = started + budget * (1.0 - SAFETY) - time.monotonic()
-    steps = _steps_in(min(left, budget - 1.0), timing, bool(config.train.sample_every))
+    grids = _grid_count(budget, timing) if config.train.sample_every else 0
+    steps = _steps_in(min(left, budget - 1.0), timing, grids)
     if steps < 1:
-        need = (time.monotonic() - started) + timing.step_s + GRIDS * timing.grid_s + _checkpoint_s(timing.params)
+        need = (time.monotonic() - started) + timing.step_s + grids * timing.grid_s + _checkpoint_s(timing.params)
         raise UserError(f"--minutes {budget / 60:g}: {budget:g} s is too short for one training step of the "
                         f"smallest network here ({name}: {timing.step_s:.2f} s a step, {time.monotonic() - started:.1f}"
                         f" s to plan, {timing.grid_s:.1f} s a sample grid); give at least --minutes "
                         f"{math.ceil(need * 1.5 / 6) / 10:g}")
     planned = ("train.sample_every", "train.checkpoint_every") if resumed else \
-        [k for k in _recipe(steps) if k != "train.batch_size"]
-    keep = {k: v for k, v in _recipe(steps).items() if k in planned}
+        [k for k in _recipe(1) if k != "train.batch_size"]
+    keep = {k: v for k, v in _recipe(steps, max(grids, 1)).items() if k in planned}
     keep["train.steps"] = steps
     return Plan(_with(config, keep, fixed), steps, timing, started, budget, probed, name)
 
