@@ -51,7 +51,7 @@ WIDTHS = {"ch16x1": (16, 1), "ch32x1": (32, 1), "ch32x2": (32, 2), "ch64x2": (64
 VARIANTS = {
     "plan": ({}, {}),
     **{name: ({}, {"model.ch": ch, "model.num_res_blocks": nrb}) for name, (ch, nrb) in WIDTHS.items()},
-    "batch32": ({"BATCH": 32}, {}), "batch128": ({"BATCH": 128}, {}),
+    "batch16": ({"BATCH": 16}, {}), "batch32": ({"BATCH": 32}, {}), "batch128": ({"BATCH": 128}, {}),
     "lr5e-4": ({"LR": 5e-4}, {}), "lr2e-3": ({"LR": 2e-3}, {}),
     "warmup0.01": ({"WARMUP_FRAC": 0.01}, {}), "warmup0.2": ({"WARMUP_FRAC": 0.2}, {}),
     "lr_constant": ({}, {"train.lr_decay": "none"}),
@@ -133,11 +133,20 @@ def train_one(args) -> int:
     started = time.monotonic()
     torch.set_num_threads(1)
     constants, values = VARIANTS[args.variant]
+    size = {"digits": 8, "fashion-mnist": 28}[args.data]
     if args.variant in WIDTHS:  # the planner's candidate of that name, whole (levels, attention, dropout)
-        size = {"digits": 8, "fashion-mnist": 28}[args.data]
         values = next(c.model for c in budget.candidates(size) if c.name == args.variant)
     for name, value in constants.items():
         setattr(budget, name, value)
+    if args.steps:  # equal steps: the planner's recipe for `steps` steps, on its smallest network unless a width
+        steps = int(args.steps * args.step_ratio)
+        batch = {"train.batch_size": budget.BATCH}
+        recipe = {**budget.candidates(size)[0].model, **budget._recipe(steps, 1), **batch, "train.steps": steps}
+        config = load_config("digits" if args.data == "digits" else "fashion_mnist")
+        config = config.with_values({**recipe, **values})
+        result = Trainer(config, args.out, progress=False).run()
+        (args.out / "result.json").write_text(json.dumps({"step": result["step"], "elapsed_s": 0, "budget_s": 0}))
+        return 0
     config = choose_config(args.data, image_size=None, channels=None)[0] if args.data != "digits" else \
         load_config("digits")
     config = config.with_values({**values, "train.budget_s": args.minutes * 60.0})
@@ -147,16 +156,50 @@ def train_one(args) -> int:
     return 0
 
 
+def step_ratios(data: str, widths: list[str]) -> dict[str, float]:
+    """Steps each width (or batch) variant gets in the time the planner's smallest network at its batch takes for
+    one: the probes' time ratio, so that those variants compare at equal time."""
+    from ddpmkit.config import load_config
+    from ddpmkit.data import load_dataset
+    from ddpmkit.train import budget
+
+    torch.set_num_threads(1)
+    images = load_dataset(data, split="train")
+    size = images.image_size
+    config = load_config("digits" if data == "digits" else "fashion_mnist").with_values(budget._recipe(100))
+    cands = {c.name: c for c in budget.candidates(size)}
+
+    def values(name: str) -> dict:
+        if name in cands:
+            return cands[name].model
+        return {**cands["ch16x1"].model, "train.batch_size": VARIANTS[name][0]["BATCH"]}
+
+    def cpu_s(name: str) -> float:  # CPU seconds of a probe (build, 9 steps, one forward): steady under load
+        start = time.process_time()
+        budget.probe(config.with_values(values(name)), images, torch.device("cpu"), 8)
+        return time.process_time() - start
+
+    cpu_s("ch16x1")  # the first probe of a process pays one-time costs (allocator, kernels): not counted
+    times = {name: cpu_s(name) for name in dict.fromkeys(["ch16x1", *widths])}
+    print("probe, CPU s for 9 steps (batch", config.train.batch_size, "unless named):",
+          ", ".join(f"{k} {v:.2f}" for k, v in times.items()), flush=True)
+    return {name: times["ch16x1"] / t for name, t in times.items()}
+
+
 def sweep(args) -> int:
     names = args.variants.split(",") if args.variants else list(VARIANTS)
-    base = args.out / f"sweep_{args.data}_{args.minutes:g}min"
+    base = args.out / (f"sweep_{args.data}_{args.steps}steps" if args.steps else f"sweep_{args.data}_{args.minutes:g}min")
+    timed = [n for n in names if n in WIDTHS or n.startswith("batch")]
+    ratios = step_ratios(args.data, timed) if args.steps else {}
     base.mkdir(parents=True, exist_ok=True)
 
     def one(name: str) -> dict:
         out = base / name
         if not (out / "result.json").is_file():
+            ratio = ratios.get(name, 1.0)
             run([sys.executable, __file__, "--part", "train-one", "--variant", name, "--data", args.data,
-                 "--minutes", str(args.minutes), "--out", str(out)], base / f"{name}.log")
+                 "--minutes", str(args.minutes), "--out", str(out), "--steps", str(args.steps), "--step-ratio",
+                 str(ratio)], base / f"{name}.log")
         result = json.loads((out / "result.json").read_text())
         cfg = (out / "config.toml").read_text()
         s = score(sample_ddpmkit(out, args.n, 0, base / f"{name}.log"), args.data, args.out)
@@ -172,7 +215,8 @@ def sweep(args) -> int:
         print("real-vs-real floor:", ", ".join(f"fid {r['fid']:.2f}" for r in floor))
     for r in rows:
         metric = " ".join(f"{k} {r[k]:.3f}" for k in ("fd", "fid", "precision", "recall", "confidence") if k in r)
-        print(f"{r['variant']:<14} {r['steps']:>6} steps  end {r['elapsed_s']:.0f}/{r['budget_s']:.0f} s  {metric}")
+        print(f"{r['variant']:<14} {r['steps']:>6} steps  end {r['elapsed_s']:.0f}/{r['budget_s']:.0f} s  {metric}",
+              flush=True)
     print(f"load at the end {os.getloadavg()[0]:.2f}")
     (base / "sweep.json").write_text(json.dumps(rows, indent=1))
     return 0
@@ -265,6 +309,10 @@ def main(argv=None) -> int:
     p.add_argument("--jobs", type=int, default=1)
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--noise-steps", type=int, default=77)
+    p.add_argument("--steps", type=int, default=0,
+                   help="sweep at equal steps (widths at equal time: steps times the probe's time ratio) instead "
+                        "of --minutes of wall clock (a shared CPU's load changes the minutes, not the steps)")
+    p.add_argument("--step-ratio", type=float, default=1.0)
     p.add_argument("--sample-minutes", type=float, default=25.0,
                    help="peers: stop sampling after this many minutes, keeping each full batch of 100")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "budget")

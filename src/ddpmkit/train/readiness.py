@@ -2,10 +2,10 @@
 
 Two things keep a network at its random initialisation, and both are computable from the config and the step
 alone (no weights needed):
-  * the learning-rate warm-up [DDPM App. B]: Adam moves each weight by about the learning rate per step, so the
-    run's length in full-learning-rate steps is sum_k lr_k / lr (train/lr_schedule.py `lr_integral`). Step 77 of
-    a 1000-step warm-up is sum_{k=1}^{77} k / 1000 = 3.0 full steps: the weights have moved by at most 3 lr
-    (6e-4 at lr 2e-4), against an initial scale of about 1 / sqrt(fan_in) (0.04 for a 3x3 conv of 64 channels).
+  * the learning-rate warm-up [DDPM App. B]: Adam moves each weight by about the learning rate per step, so after
+    n steps a weight has moved at most sum_k lr_k (train/lr_schedule.py `lr_integral` times lr). Step 77 of a
+    1000-step warm-up at lr 2e-4 is 2e-4 * sum_{k=1}^{77} k / 1000 = 6e-4, against an initial scale of about
+    1 / sqrt(fan_in) (0.04 for a 3x3 conv of 64 channels): the network is still its random initialisation.
   * the EMA: after n updates it still holds prod_{k<n} decay_k of the initial weights. A fixed decay of 0.9995
     keeps 0.9995^77 = 96% of them at step 77; with the (1 + n) / (10 + n) warm-up (ddpmkit's default) 3e-12;
     the power-function EMA none (its first decay is 0).
@@ -18,7 +18,7 @@ import math
 from .lr_schedule import lr_integral
 from .power_ema import gamma_of_sigma_rel
 
-MIN_FULL_LR_STEPS = 100  # fewer than this many full-learning-rate steps: samples are noise (bench/budget.py)
+MIN_LR_SUM = 0.02  # sum of the learning rates so far below this: samples are noise (bench/budget.py --part noise)
 MAX_INITIAL_SHARE = 0.5  # the EMA holds more than this share of the initial weights: samples are noise
 
 
@@ -45,11 +45,12 @@ def ema_initial_share(train, steps: int) -> float:
 def untrained_reasons(train, step: int) -> list[str]:
     """Why the model at `step` (a TrainConfig's run) samples noise; [] when neither cause applies."""
     reasons = []
-    full = lr_integral(step, train) if step else 0.0
-    if full < MIN_FULL_LR_STEPS:
-        warm = f", in a learning-rate warm-up of {train.warmup} steps" if step < train.warmup else ""
-        reasons.append(f"it has trained for {step} steps{warm}, {full:.1f} steps' worth at the full learning rate "
-                       f"(samples need at least {MIN_FULL_LR_STEPS})")
+    moved = lr_integral(step, train) * train.lr if step else 0.0
+    if moved < MIN_LR_SUM:
+        warm = f", still in a learning-rate warm-up of {train.warmup} steps" if step < train.warmup else ""
+        reasons.append(f"it has trained for {step} steps{warm}, so Adam (about one learning rate per step) has "
+                       f"moved each weight by at most {moved:.2g} (the sum of its learning rates; samples need about "
+                       f"{MIN_LR_SUM:g})")
     share = ema_initial_share(train, step)
     if share > MAX_INITIAL_SHARE:
         reasons.append(f"its EMA (decay {train.ema_decay:g}) still holds {share:.0%} of the random initial weights")
