@@ -116,6 +116,8 @@ def real_floor(data: str, n: int, out: Path) -> list[dict]:
 
 def sample_ddpmkit(run_dir: Path, n: int, seed: int, log: Path) -> Path:
     npz = run_dir / f"ddim50_seed{seed}.npz"
+    if npz.is_file():  # a re-run of the sweep scores what is there
+        return npz
     run(ddpm("sample", str(run_dir), "--sampler", "ddim", "--steps", "50", "--n", str(n), "--seed", str(seed),
              "--npz", str(npz), "--out", str(run_dir / f"ddim50_seed{seed}.png"), "--no-progress"), log)
     return npz
@@ -227,7 +229,7 @@ def sweep(args) -> int:
 def noise(args) -> int:
     """The fashion_mnist preset's recipe at step 77: computed, then trained for 77 steps on digits three ways."""
     from ddpmkit.config import load_config
-    from ddpmkit.train import readiness
+    from ddpmkit.store import readiness
     from ddpmkit.train.lr_schedule import lr_integral
     from ddpmkit.train.trainer import Trainer
 
@@ -275,11 +277,13 @@ def peers(args) -> int:
                       str(args.sample_minutes)]
     start = time.monotonic()
     with ThreadPoolExecutor(len(jobs)) as pool:
-        list(pool.map(lambda kv: run(kv[1], base / f"{kv[0]}.log"), jobs.items()))
+        if not args.score_only:  # --score-only: score what the peers left (after a --sample-only re-run)
+            list(pool.map(lambda kv: run(kv[1], base / f"{kv[0]}.log"), jobs.items()))
     print(f"all trained and sampled after {time.monotonic() - start:.0f} s; load {os.getloadavg()[0]:.2f}", flush=True)
     rows = {}
     for seed in (0, 1):
-        npz = sample_ddpmkit(ours, args.n, seed, base / "ddpmkit.log")
+        npz = ours / f"ddim50_seed{seed}.npz"
+        npz = npz if npz.is_file() else sample_ddpmkit(ours, args.n, seed, base / "ddpmkit.log")
         rows[f"ddpmkit seed {seed}"] = {"n": args.n, **score(npz, args.data, args.out)}
     for name in PEER_NAMES:  # a peer whose sampling was cut short is scored at its n, and ddpmkit at that n too
         full = base / name / "ddim50_seed0.npz"
@@ -313,6 +317,7 @@ def main(argv=None) -> int:
                    help="sweep at equal steps (widths at equal time: steps times the probe's time ratio) instead "
                         "of --minutes of wall clock (a shared CPU's load changes the minutes, not the steps)")
     p.add_argument("--step-ratio", type=float, default=1.0)
+    p.add_argument("--score-only", action="store_true", help="peers: score the samples already there")
     p.add_argument("--sample-minutes", type=float, default=25.0,
                    help="peers: stop sampling after this many minutes, keeping each full batch of 100")
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "budget")

@@ -135,6 +135,7 @@ def main(argv=None) -> int:
     p.add_argument("--n", type=int, default=400)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--sample-only", action="store_true", help="sample again from DIR/ema.pt")
+    p.add_argument("--chunk", type=int, default=100, help="images per sampling batch (each saved as it ends)")
     p.add_argument("--sample-minutes", type=float, default=math.inf,
                    help="stop sampling after the batch of 100 that passes this; the part is kept (a shared CPU)")
     args = p.parse_args(argv)
@@ -149,8 +150,8 @@ def main(argv=None) -> int:
         (args.out / "result.json").write_text(json.dumps(result))
         print(json.dumps(result), flush=True)
     chunks, start = [], time.monotonic()
-    for i in range(0, args.n, 100):  # saved after each 100, so a slow machine leaves a usable part
-        x = draw(model, min(100, args.n - i), i)
+    for i in range(0, args.n, args.chunk):  # saved after each chunk, so a slow machine leaves a usable part
+        x = draw(model, min(args.chunk, args.n - i), i)
         chunks.append(from_model_range(cropped(x.clamp(-1, 1), data.image_size)).numpy())
         samples = np.concatenate(chunks)
         name = "ddim50_seed0.npz" if len(samples) == args.n else "ddim50_seed0_partial.npz"

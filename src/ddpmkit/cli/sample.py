@@ -32,7 +32,7 @@ def _warn_if_untrained(pipe, run_dir: Path) -> None:
     """Say so on stderr, with why and what to do, when the checkpoint is too early to give anything but noise."""
     import sys
 
-    from ..train.readiness import warning
+    from ..store.readiness import warning
 
     if pipe.step == 0:  # imported weights (ddpm import-diffusers) say nothing of how they were trained
         return

@@ -41,7 +41,8 @@ from . import conditional as cond
 from . import distributed
 from ..store.checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .data import load_training_data
-from . import budget, readiness
+from . import budget
+from ..store import readiness
 from .lr_schedule import lr_at
 from .power_ema import build_ema
 from .weighting import loss_weights

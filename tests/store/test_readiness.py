@@ -1,11 +1,12 @@
-"""ddpmkit.train.readiness: why the step-77 Fashion-MNIST model samples noise, and the warning that says so."""
+"""ddpmkit.store.readiness: why the step-77 Fashion-MNIST model samples noise, and the warning that says so."""
 
 from __future__ import annotations
 
 import pytest
 
 from ddpmkit.config import TrainConfig, load_config
-from ddpmkit.train.readiness import ema_decay_at, ema_initial_share, untrained_reasons, warning
+from ddpmkit.store.readiness import ema_decay_at, ema_initial_share, lr_sum, untrained_reasons, warning
+from ddpmkit.train.lr_schedule import lr_integral
 
 
 def test_step_77_of_the_fashion_preset_is_still_in_its_warm_up():
@@ -24,11 +25,17 @@ def test_a_fixed_decay_of_0_9995_holds_96_percent_of_the_initial_weights_at_step
     assert any("96%" in r for r in untrained_reasons(c, 77))
 
 
-def test_decays_match_the_ema_classes():
+def test_decays_and_learning_rates_match_the_trainers():
     from torch import nn
 
     from ddpmkit.train.power_ema import build_ema
 
-    for c in (TrainConfig(), TrainConfig(ema_warmup=False), TrainConfig(ema_schedule="power")):
+    for c in (TrainConfig(), TrainConfig(ema_warmup=False)):
         ema = build_ema(nn.Linear(1, 1), c)
         assert [ema_decay_at(c, n) for n in range(30)] == [ema.decay_at(n) for n in range(30)]
+    power = build_ema(nn.Linear(1, 1), TrainConfig(ema_schedule="power"))
+    assert power.decay_at(0) == ema_decay_at(TrainConfig(ema_schedule="power"), 0) == 0.0
+    for decay in ("none", "cosine", "linear"):
+        c = TrainConfig(lr=1e-3, warmup=7, steps=50, lr_decay=decay)
+        for n in (0, 5, 7, 30, 50, 60):
+            assert lr_sum(c, n) == pytest.approx(lr_integral(n, c) * c.lr, rel=1e-12)

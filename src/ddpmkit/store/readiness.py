@@ -1,5 +1,9 @@
 """Is a checkpoint trained enough to sample? The reasons a stopped or short run would hand back noise, and the fix.
 
+Here in store/, beside the checkpoint it judges, so that `ddpm sample` can warn without importing the trainer
+(tests/store/test_layering.py): it recomputes the learning rates and EMA decays from the config, and
+tests/store/test_readiness.py checks them against train/lr_schedule.py and the EMA classes.
+
 Two things keep a network at its random initialisation, and both are computable from the config and the step
 alone (no weights needed):
   * the learning-rate warm-up [DDPM App. B]: Adam moves each weight by about the learning rate per step, so after
@@ -15,17 +19,27 @@ from __future__ import annotations
 
 import math
 
-from .lr_schedule import lr_integral
-from .power_ema import gamma_of_sigma_rel
-
 MIN_LR_SUM = 0.02  # sum of the learning rates so far below this: samples are noise (bench/budget.py --part noise)
 MAX_INITIAL_SHARE = 0.5  # the EMA holds more than this share of the initial weights: samples are noise
 
 
+def lr_sum(train, steps: int) -> float:
+    """sum of the learning rates of steps 0 .. steps-1, as train/lr_schedule.py `lr_at` sets them."""
+    total, span = 0.0, max(train.steps - train.warmup, 1)
+    decay = {"none": lambda p: 1.0, "cosine": lambda p: 0.5 * (1.0 + math.cos(math.pi * p)), "linear": lambda p: 1 - p}
+    for k in range(steps):
+        if train.warmup and k < train.warmup:
+            total += train.lr * (k + 1) / train.warmup
+        else:
+            total += train.lr * decay[train.lr_decay](min(max(k - train.warmup, 0) / span, 1.0))
+    return total
+
+
 def ema_decay_at(train, num_updates: int) -> float:
-    """The decay of update `num_updates` (0-based) as train/ema.py and train/power_ema.py apply it."""
+    """The decay of update `num_updates` (0-based) as train/ema.py applies it; for the power EMA only whether it
+    is 0 matters here (its first update copies the weights [EDM2 Algorithm 2])."""
     if train.ema_schedule == "power":
-        return (1.0 - 1.0 / (num_updates + 1)) ** (gamma_of_sigma_rel(train.ema_sigma_rel) + 1.0)
+        return 0.0 if num_updates == 0 else 1.0
     if not train.ema_warmup:
         return train.ema_decay
     return min(train.ema_decay, (1.0 + num_updates) / (10.0 + num_updates))
@@ -45,7 +59,7 @@ def ema_initial_share(train, steps: int) -> float:
 def untrained_reasons(train, step: int) -> list[str]:
     """Why the model at `step` (a TrainConfig's run) samples noise; [] when neither cause applies."""
     reasons = []
-    moved = lr_integral(step, train) * train.lr if step else 0.0
+    moved = lr_sum(train, step)
     if moved < MIN_LR_SUM:
         warm = f", still in a learning-rate warm-up of {train.warmup} steps" if step < train.warmup else ""
         reasons.append(f"it has trained for {step} steps{warm}, so Adam (about one learning rate per step) has "
