@@ -58,6 +58,7 @@ VARIANTS = {
     "ema_power0.05": ({"EMA_SIGMA_REL": 0.05}, {}), "ema_power0.2": ({"EMA_SIGMA_REL": 0.2}, {}),
     "ema_exp0.999": ({}, {"train.ema_schedule": "exponential", "train.ema_decay": 0.999}),
     "min_snr5": ({}, {"train.loss_weighting": "min_snr"}),
+    "constant_min_snr5": ({}, {"train.lr_decay": "none", "train.loss_weighting": "min_snr"}),
 }
 
 
