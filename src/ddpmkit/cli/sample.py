@@ -49,7 +49,6 @@ def cmd_sample(args) -> int:
         raise UserError("--n and --batch-size must be at least 1")
     pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
                 device=None if args.device == "auto" else args.device)
-    _warn_if_untrained(pipe, args.run_dir)
     sampler, steps, _, spacing = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
     labels, guidance = _sample_labels(args, pipe)
     n = args.n if labels is None else len(labels)
@@ -71,6 +70,7 @@ def cmd_sample(args) -> int:
         arrays = {"arr_0": images} if labels is None else {"arr_0": images, "arr_1": labels}
         np.savez(args.npz, **arrays)
         print(f"wrote {args.npz}: uint8 {images.shape}, key arr_0" + ("" if labels is None else ", labels arr_1"))
+    _warn_if_untrained(pipe, args.run_dir)  # last: a mistake in the options stays a one-line error
     return 0
 
 
