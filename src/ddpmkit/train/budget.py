@@ -281,10 +281,14 @@ class BudgetClock:
             return self.plan.timing.step_s
         return (time.monotonic() - self.loop_start - self.paused) / done
 
+    def slowdown(self, step: int) -> float:
+        """How much slower the machine is now than when probed (>= 1): the grids and checkpoint slow down too."""
+        return max(1.0, self.step_s(step) / self.plan.timing.step_s)
+
     def should_stop(self, step: int) -> bool:
         """True when one more step would end after the deadline, with the final grid and checkpoint."""
-        end = time.monotonic() + self.step_s(step) + self.plan.reserve_s(1 if self.train.sample_every else 0)
-        return end > self.plan.deadline
+        reserve = self.plan.reserve_s(1 if self.train.sample_every else 0) * self.slowdown(step)
+        return time.monotonic() + self.step_s(step) + reserve > self.plan.deadline
 
     def after_step(self, step: int, paused: float) -> None:
         """Every REPLAN_EVERY of the run: train.steps <- the last step that ends on time at the measured rate."""
@@ -293,5 +297,6 @@ class BudgetClock:
             return
         rate = self.step_s(step)
         left = self.plan.deadline - self.plan.budget_s * SAFETY - time.monotonic()
-        total = step + max(1, int((left - self.plan.reserve_s(self._grids_left(step))) / rate))
+        reserve = self.plan.reserve_s(self._grids_left(step)) * self.slowdown(step)
+        total = step + max(1, int((left - reserve) / rate))
         self.train.steps = max(step + 1, total)
