@@ -359,6 +359,8 @@ class Trainer:
             checkpoint = self._save()
             if c.sample_every:
                 self.write_samples()
+        if clock is not None and self.dist.is_main:  # the last step as re-planned, for a later --resume
+            _atomic_write(self.run_dir / "config.toml", to_toml(self.config))
         bar.close()
         logger.close()
         grid = self.run_dir / "samples.png"
