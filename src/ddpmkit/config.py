@@ -140,6 +140,15 @@ class TrainConfig:
     eval_n: int = 1000
     eval_metrics: list = field(default_factory=lambda: ["kid"])
     eval_features: str = "inception"
+    # issue 18: a run planned to end within budget_s seconds (`ddpm train --minutes`; train/budget.py), and the
+    # schedules it uses: LR decay after warm-up (train/lr_schedule.py), the power-function EMA (train/power_ema.py),
+    # min-SNR-gamma weighting of L_simple (train/weighting.py). The defaults keep the paper's recipe.
+    budget_s: float | None = None
+    lr_decay: str = "none"  # none | cosine | linear, to 0 at train.steps
+    ema_schedule: str = "exponential"  # exponential (ema_decay, ema_warmup) | power [EDM2]
+    ema_sigma_rel: float = 0.10  # power EMA: the profile's length relative to the run [EDM2 Eq. 3]
+    loss_weighting: str = "none"  # none (L_simple) | min_snr [MinSNR]
+    min_snr_gamma: float = 5.0
 
     def __post_init__(self):
         for name in ("steps", "batch_size", "log_every", "checkpoint_every", "keep_checkpoints",
@@ -163,6 +172,21 @@ class TrainConfig:
             raise ConfigError(f"train.label_dropout = {self.label_dropout!r}: must lie in [0, 1) (0.1 is the CFG "
                               "paper's; 0 trains no unconditional model, so guidance would be meaningless)")
         self.eval_metrics = _eval_metrics(self)  # a list of names, also from --set train.eval_metrics=kid,fid
+        self._check_budget_fields()
+
+    def _check_budget_fields(self) -> None:
+        if self.budget_s is not None:
+            _positive("train", "budget_s", self.budget_s, integer=False)
+        _choice("train", "lr_decay", self.lr_decay, {"none", "cosine", "linear"})
+        _choice("train", "ema_schedule", self.ema_schedule, {"exponential", "power"})
+        if not (isinstance(self.ema_sigma_rel, (int, float)) and 0 < self.ema_sigma_rel < 0.28):
+            raise ConfigError(f"train.ema_sigma_rel = {self.ema_sigma_rel!r}: must lie in (0, 0.28) (0.05-0.2 "
+                              "are usual [EDM2])")
+        _choice("train", "loss_weighting", self.loss_weighting, {"none", "min_snr"})
+        _positive("train", "min_snr_gamma", self.min_snr_gamma, integer=False)
+        if self.loss_weighting != "none" and self.loss != "simple":
+            raise ConfigError(f"train.loss_weighting = {self.loss_weighting!r} weighs L_simple: it needs "
+                              f"train.loss = 'simple', not {self.loss!r}")
 
 
 EVAL_METRICS = ("kid", "fid", "pr")  # what train.eval_metrics may name
@@ -327,7 +351,8 @@ RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every",
                      "train.keep_checkpoints", "train.num_samples", "train.max_bad_losses", "train.compile",
                      "train.channels_last", "train.precision", "sample.sampler", "sample.steps", "sample.eta",
                      "sample.spacing", "data.skip_bad",
-                     "train.eval_every", "train.eval_n", "train.eval_metrics", "train.eval_features"}
+                     "train.eval_every", "train.eval_n", "train.eval_metrics", "train.eval_features",
+                     "train.budget_s"}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

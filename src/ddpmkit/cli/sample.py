@@ -32,6 +32,19 @@ def _add_sample(sub) -> None:
                    help="decode the x_T of `ddpm encode` with its solver, instead of sampling (--n is ignored)")
 
 
+def _warn_if_untrained(pipe, run_dir: Path) -> None:
+    """Say so on stderr, with why and what to do, when the checkpoint is too early to give anything but noise."""
+    import sys
+
+    from ..store.readiness import warning
+
+    if pipe.step == 0:  # imported weights (ddpm import-diffusers) say nothing of how they were trained
+        return
+    line = warning(pipe.config.train, pipe.step, run_dir, pipe.config.data.spec)
+    if line:
+        print(line, file=sys.stderr)
+
+
 def cmd_sample(args) -> int:
     from ..distributed import cleanup, setup
 
@@ -85,6 +98,7 @@ def _sample(args, info) -> int:
             np.savez(tmp, **arrays)
         print(f"wrote {args.npz}: uint8 {images.shape}, key arr_0" + ("" if labels is None else ", labels arr_1"))
     remove_shards(job)
+    _warn_if_untrained(pipe, args.run_dir)  # last: a mistake in the options stays a one-line error
     return 0
 
 

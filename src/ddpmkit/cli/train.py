@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from pathlib import Path
 
 from ..config import RunConfig, load_config, parse_value, to_toml
@@ -25,6 +26,9 @@ def _add_train(sub) -> None:
     p.add_argument("--out", required=True, type=Path, help="run directory (checkpoints, samples, metrics)")
     p.add_argument("--config", help="a TOML file or a preset name: digits (default), fashion_mnist, cifar10, ...")
     p.add_argument("--steps", type=int, help="total training steps")
+    p.add_argument("--minutes", type=float, help="plan the run to end within this wall-clock budget: probe this "
+                   "machine, then pick the network, batch, steps, LR and EMA schedules (train.budget_s)")
+    p.add_argument("--hours", type=float, help="as --minutes, in hours")
     p.add_argument("--batch-size", type=int, help="global batch size (split across torchrun processes)")
     p.add_argument("--lr", type=float, help="Adam learning rate")
     p.add_argument("--seed", type=int, help="seed of every random draw (deterministic on the CPU)")
@@ -48,9 +52,29 @@ def _add_train(sub) -> None:
                    help="batches read ahead by a background thread (default 2; 0 reads each in the step)")
 
 
+def _budget_s(args) -> float | None:
+    """--minutes / --hours as train.budget_s (seconds); a non-positive budget is the user's mistake."""
+    minutes, hours = getattr(args, "minutes", None), getattr(args, "hours", None)
+    if minutes is not None and hours is not None:
+        raise UserError("--minutes and --hours: give one budget, not both")
+    for flag, value in (("--minutes", minutes), ("--hours", hours)):
+        if value is not None and not value > 0:
+            raise UserError(f"{flag} {value:g}: the budget must be > 0")
+    return minutes * 60.0 if minutes is not None else (hours * 3600.0 if hours is not None else None)
+
+
+def fixed_keys(args) -> set[str]:
+    """The config keys this command line sets: a planned run (--minutes) keeps them and chooses the rest."""
+    keys = {key for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None and key != "data.spec"}
+    return keys | {item.partition("=")[0].strip() for item in args.set} | \
+        ({"model.preset"} if args.config is not None else set())
+
+
 def resolve_train_config(args, base: RunConfig | None = None) -> RunConfig:
     """The preset or file (or `base`), then each flag, then each --set, in that order."""
     values = {key: getattr(args, flag) for flag, key in TRAIN_FLAGS.items() if getattr(args, flag) is not None}
+    if _budget_s(args) is not None:
+        values["train.budget_s"] = _budget_s(args)
     for item in args.set:
         key, eq, value = item.partition("=")
         if not eq:
@@ -71,6 +95,7 @@ def _train_config(args):
 
 
 def cmd_train(args) -> int:
+    started = time.monotonic()  # a --minutes budget counts from here
     config, which, data = _train_config(args)
     if args.dry_run and args.conditional:  # show the num_classes that the labels give
         from ..data import load_dataset
@@ -91,7 +116,7 @@ def cmd_train(args) -> int:
         data = None  # a --set changed how the data is read: the trainer reads it again
     trainer = Trainer(config, args.out, resume=args.resume, force=args.force, device=args.device,
                       progress=not args.no_progress, cache=cache_arg(args), prefetch=args.prefetch,
-                      conditional=args.conditional, dataset=data)
+                      conditional=args.conditional, dataset=data, started=started, fixed=fixed_keys(args))
     trainer.say(which)
     result = trainer.run()
     quiet = not result.get("is_main", True)  # under torchrun only rank 0 reports
@@ -104,6 +129,9 @@ def cmd_train(args) -> int:
     if not quiet:
         print(f"trained to step {result['step']}; checkpoint {result['checkpoint']}; "
               f"samples {result['samples'] or 'none (--sample-every 0)'}")
+        if "budget_s" in result:
+            print(f"ended {result['elapsed_s']:.1f} s after the start of a {result['budget_s']:g} s budget "
+                  f"({result['elapsed_s'] / result['budget_s']:.1%})")
     return 0
 
 

@@ -85,6 +85,8 @@ class RunTimeEstimate:
         if self.t0 is not None and step == self.start + 1 + self.STEPS:
             rate = (time.perf_counter() - self.t0 - self.paused) / self.STEPS
             left = self.total - step
+            hint = ("; to stop sooner with the best model that time allows, plan the run instead: ddpm train "
+                    "--minutes M (or --hours H)") if rate * left > 3600 else ""
             self.say(f"{rate:.3f} s/step over steps {self.start + 2}-{step}: about {format_duration(rate * left)} "
-                     f"for the remaining {left} steps (sample grids and checkpoints come on top)")
+                     f"for the remaining {left} steps (sample grids and checkpoints come on top){hint}")
             self.t0 = None

@@ -41,7 +41,11 @@ from . import conditional as cond
 from . import distributed
 from ..store.checkpoint import check_weights_fit, latest_valid_checkpoint, list_checkpoints, save_checkpoint
 from .data import load_training_data
-from .ema import EMA
+from . import budget
+from ..store import readiness
+from .lr_schedule import lr_at
+from .power_ema import build_ema
+from .weighting import loss_weights
 from ..store.faults import fault_point
 from .autoconfig import RunTimeEstimate, describe_network
 from .importance import ImportanceTimesteps, timestep_sampler
@@ -81,8 +85,16 @@ class Trainer:
 
     def __init__(self, config: RunConfig, run_dir: str | Path, *, resume: bool = False, force: bool = False,
                  device: str = "auto", progress: bool = True, dataset: ImageDataset | None = None,
-                 cache=None, prefetch: int = 2, conditional: bool = False):
-        """conditional: set model.num_classes from the data's labels (`ddpm train --conditional`)."""
+                 cache=None, prefetch: int = 2, conditional: bool = False, started: float | None = None,
+                 fixed=()):
+        """conditional: set model.num_classes from the data's labels (`ddpm train --conditional`).
+        With train.budget_s (`ddpm train --minutes`): the budget counts from `started` (time.monotonic(); default
+        now), and the planner (train/budget.py) keeps the config keys named in `fixed` as they are."""
+        started = time.monotonic() if started is None else started
+        if resume:  # a planned run resumes with its saved network and recipe
+            planned = budget.resumed_config(config, run_dir)
+            dataset = dataset if planned.data == config.data else None
+            config = planned
         self.config, self.run_dir = config, Path(run_dir)
         self.resume, self.force, self.progress = resume, force, progress
         self.dist = distributed.setup(device)
@@ -90,6 +102,8 @@ class Trainer:
         if c.batch_size % self.dist.world_size:
             raise ConfigError(f"--batch-size {c.batch_size} must be divisible by the {self.dist.world_size} processes")
         self.data = dataset or load_training_data(config.data, self.dist, cache, progress=progress, say=self._say)
+        config, self.plan = self._plan(config, started, fixed)
+        c = config.train
         check_enough(self.data, c.batch_size)
         config, self.classes = cond.prepare(config, self.data, conditional)  # model.num_classes from the labels
         self.config = config
@@ -101,7 +115,7 @@ class Trainer:
         self.model = build_model(config, self.data.image_size, self.data.channels).to(self.dist.device)
         if c.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.ema = EMA(self.model, c.ema_decay, c.ema_warmup)
+        self.ema = build_ema(self.model, c)  # exponential (the paper's) or power-function [EDM2]
         # fused Adam: one kernel for all tensors, 3.6x faster than the per-tensor loop for 35.7M parameters on CPU
         # (docs/PERFORMANCE.md); it also skips a step on the device when GradScaler finds an inf (fp16)
         fused = self.dist.device.type in ("cpu", "cuda") or None  # None: torch's choice elsewhere
@@ -113,6 +127,18 @@ class Trainer:
         # uniform t, or importance-sampled for L_vlb [IDDPM Sec. 3.3]; every rank keeps the same history
         self.timesteps = timestep_sampler(c.timestep_sampler, c.loss, self.diffusion.num_timesteps)
         self.periodic_eval = periodic_eval(self)  # train.eval_every: KID/FID/PR at checkpoints (None when 0)
+        self.t_loss_weight = loss_weights(c, self.diffusion, config.diffusion.parameterization)  # None: L_simple
+
+    def _plan(self, config: RunConfig, started: float, fixed) -> tuple[RunConfig, "budget.Plan | None"]:
+        """With train.budget_s: probe this machine and plan the run (train/budget.py); else the config as it is."""
+        if config.train.budget_s is None:
+            return config, None
+        if self.dist.active:
+            raise UserError("--minutes/--hours (train.budget_s) plans one process; run it without torchrun, or "
+                            "give --steps")
+        plan = budget.plan_run(config, self.data, self.dist.device, started=started, fixed=fixed,
+                               resumed=self.resume and (self.run_dir / "config.toml").is_file())
+        return plan.config, plan
 
     def _batch_images(self, step: int) -> torch.Tensor:
         """uint8 (B, H, W, C) images of the global batch of `step`, copied out of the (possibly mapped) array."""
@@ -219,14 +245,16 @@ class Trainer:
         torch.manual_seed(step_seed(c.seed, step, 3, self.dist.rank))  # dropout
         x0, t, noise, weight = self._draw(step)
         for group in self.optimizer.param_groups:
-            group["lr"] = c.lr * min(1.0, (step + 1) / c.warmup) if c.warmup else c.lr
+            group["lr"] = lr_at(step, c)  # warm-up, then constant or decaying (train/lr_schedule.py)
         self.model.train()
         amp = (torch.autocast(self.dist.device.type, dtype=self.autocast_dtype)
                if self.autocast_dtype is not None else nullcontext())
         with amp:
             terms = self.diffusion.training_loss(self._net_for(step), x0, t, noise, loss=c.loss, t_weight=weight,
                                                  hybrid_lambda=c.hybrid_lambda, return_terms=True)
-            loss = terms["loss"].mean()  # line 5
+            per_example = terms["loss"] if self.t_loss_weight is None else terms["loss"] * self.t_loss_weight.to(
+                terms["loss"].device)[t]  # min-SNR-gamma [MinSNR]
+            loss = per_example.mean()  # line 5
         loss_value = float(loss.detach())
         (bad,) = distributed.any_true(self.dist, not math.isfinite(loss_value))  # all ranks skip together
         if bad:
@@ -261,12 +289,22 @@ class Trainer:
         try:
             self.say(describe_network(self.model, self.config, self.data))
             self._restore()
+            self._start_plan()
             self._prepare_run_dir()
             with _StopOnSignals(self):
                 return {**self._loop(), "is_main": self.dist.is_main}
         finally:
             self.batches.close()
             distributed.cleanup(self.dist)
+
+    def _start_plan(self) -> None:
+        """A planned run trains plan.steps from the step it starts at (0, or the checkpoint's on --resume)."""
+        if self.plan is None:
+            return
+        self.config.train.steps = self.step + self.plan.steps
+        self.batches.end = self.config.train.steps
+        for line in budget.describe(self.plan, self.step):
+            self.say(line)
 
     def _prepare_run_dir(self) -> None:
         if not self.dist.is_main:
@@ -287,12 +325,15 @@ class Trainer:
         logger = _MetricsLog(self.run_dir, self.dist.is_main, c.batch_size, c.log_every)
         last_saved, checkpoint = self.step, None
         eta = RunTimeEstimate(self.step, c.steps, self.say)
+        clock = budget.BudgetClock(self.plan, c, self.step) if self.plan is not None else None
         while self.step < c.steps:
             # a signal may reach one rank only: all ranks agree before the step whether to stop
             (stop,) = distributed.any_true(self.dist, self.stop_signal is not None)
             if stop:
                 self.stop_signal = self.stop_signal or "peer"
                 break
+            if clock is not None and clock.should_stop(self.step):
+                break  # the budget: the last checkpoint and grid below
             loss, applied = self._train_step(self.step)
             self.bad_losses = 0 if applied else self.bad_losses + 1
             if self.bad_losses >= c.max_bad_losses:
@@ -313,13 +354,26 @@ class Trainer:
                 self.periodic_eval(self.step, logger)  # metrics.jsonl + TensorBoard; not counted in images/s
             logger.t0 += time.perf_counter() - paused  # images/s counts training time only
             eta.after_step(self.step, time.perf_counter() - paused)
+            if clock is not None:
+                clock.after_step(self.step, time.perf_counter() - paused)
+                bar.total = c.steps
         if self.stop_signal is not None and last_saved != self.step:
             checkpoint = self._save()
+        elif clock is not None and last_saved != self.step:  # stopped by the budget before the planned end
+            checkpoint = self._save()
+            if c.sample_every:
+                self.write_samples()
+        if clock is not None and self.dist.is_main:  # the last step as re-planned, for a later --resume
+            _atomic_write(self.run_dir / "config.toml", to_toml(self.config))
         bar.close()
         logger.close()
         grid = self.run_dir / "samples.png"
+        warn = readiness.warning(c, self.step, self.run_dir, self.config.data.spec)
+        if warn:
+            self._say(warn)
+        used = {"budget_s": self.plan.budget_s, "elapsed_s": time.monotonic() - self.plan.started} if self.plan else {}
         return {"step": self.step, "checkpoint": checkpoint, "interrupted": self.stop_signal,
-                "samples": grid if grid.exists() else None}
+                "samples": grid if grid.exists() else None, "untrained": warn is not None, **used}
 
     @torch.no_grad()
     def write_samples(self) -> None:
