@@ -50,7 +50,7 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed, inception=args.inception, features=args.features,
         device=None if args.device == "auto" else args.device, progress=not args.no_progress, out_dir=out.parent,
-        cache=cache_arg(args), classes=args.classes, guidance=args.guidance)
+        cache=cache_arg(args), classes=args.classes, guidance=args.guidance, precision=args.precision)
     result = evaluate(request)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")

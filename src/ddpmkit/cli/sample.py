@@ -35,7 +35,8 @@ def cmd_sample(args) -> int:
     if args.n < 1 or args.batch_size < 1:
         raise UserError("--n and --batch-size must be at least 1")
     pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
-                device=None if args.device == "auto" else args.device)
+                device=None if args.device == "auto" else args.device,
+                precision=args.precision)
     sampler, steps, _, spacing = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
     labels, guidance = _sample_labels(args, pipe)
     n = args.n if labels is None else len(labels)

@@ -47,6 +47,7 @@ class EvalRequest:
     cache: object = None  # a folder of images through the decoded-image cache: see ddpmkit.data.load_dataset
     classes: str | None = None  # conditional run: --class (default: the training data's proportions)
     guidance: float | None = None  # conditional run: --guidance w
+    precision: str | None = None  # the network's while sampling (ddpmkit.precision); None: the run's [sample]
 
 
 @dataclass
@@ -219,7 +220,8 @@ def evaluate(request: EvalRequest) -> dict:
     if request.run_dir is not None or request.checkpoint is not None:
         from ..pipeline import load
 
-        pipe = load(request.checkpoint or request.run_dir, ema=request.ema, device=request.device)
+        pipe = load(request.checkpoint or request.run_dir, ema=request.ema, device=request.device,
+                    precision=request.precision)
         if pipe.classes is None and (request.classes is not None or request.guidance is not None):
             from ..classes import unconditional_error
 
