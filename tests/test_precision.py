@@ -98,3 +98,36 @@ def test_guidance_gets_the_autocast_inside_so_eq6_mixes_fp32_outputs():
     x = torch.randn(2, 4)
     out = guided(x, torch.zeros(2))
     assert net.seen == [torch.bfloat16] and out.dtype == torch.float32 and out.shape == (2, 4)
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device (bench/gpu_check.sh runs these)")
+
+
+@needs_cuda
+def test_auto_on_this_gpu_matches_its_compute_capability():
+    major, _ = torch.cuda.get_device_capability(0)
+    assert P.decide("auto", "cuda").name == ("bf16" if major >= 8 else "fp32")
+
+
+@needs_cuda
+def test_a_bf16_training_step_and_every_sampler_on_the_gpu_stay_finite(tmp_path):
+    import numpy as np
+
+    from ddpmkit.config import RunConfig
+    from ddpmkit.data.dataset import ImageDataset
+    from ddpmkit.samplers import SAMPLERS
+    from ddpmkit.train.trainer import Trainer
+
+    images = np.random.default_rng(0).integers(0, 256, (16, 8, 8, 1), dtype=np.uint8)
+    config = RunConfig().with_values({"model.preset": "tiny", "diffusion.timesteps": 20, "train.batch_size": 8,
+                                      "train.precision": "bf16"})
+    tr = Trainer(config, tmp_path, device="cuda", progress=False, dataset=ImageDataset(images, None, "random"))
+    for step in range(3):
+        loss, applied = tr._train_step(step)
+        assert applied and np.isfinite(loss)
+    assert all(p.dtype == torch.float32 and torch.isfinite(p).all() for p in tr.model.parameters())
+    net = P.under(tr.ema.model, P.decide("bf16", "cuda"))
+    for sampler in SAMPLERS:
+        x = tr.diffusion.sample(net, (4, 1, 8, 8), sampler=sampler, steps=5,
+                                generator=torch.Generator("cuda").manual_seed(0))
+        assert x.dtype == torch.float32 and torch.isfinite(x).all(), sampler
