@@ -133,10 +133,12 @@ def main(argv=None) -> int:
         y = np.array([rows[b, gc]["step_mb"] for b in batches])
         slope, intercept = np.polyfit(x, y, 1) if len(x) > 1 else (y[0], 0.0)
         slow = statistics.median(rows[b, True]["seconds"] / rows[b, False]["seconds"] for b in batches)
-        fit = {gb: fits(slope, intercept, state_mb, gb) for gb in (16, 40, 80)}
+        # a slope within the noise of RSS (<= 0: the step's peak did not grow with the batch) fits nothing
+        fit = {gb: fits(slope, intercept, state_mb, gb) if slope > 0 else None for gb in (16, 40, 80)}
         out[f"grad_checkpoint={gc}"] = {"slope_mb_per_image": slope, "intercept_mb": intercept, "fits": fit}
-        print(f"grad_checkpoint {gc}: {slope:.0f} MB per image + {intercept:.0f} MB; batch that fits in "
-              + ", ".join(f"{gb} GB: {n}" for gb, n in fit.items())
+        print(f"grad_checkpoint {gc}: {slope:.0f} MB per image + {intercept:.0f} MB; batch that fits: "
+              + (", ".join(f"{gb} GB: {n}" for gb, n in fit.items()) if slope > 0 else
+                 "not resolved: the peak did not grow with the batch here (measure larger batches)")
               + (f"; step time x{slow:.2f} of without" if gc else ""), flush=True)
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(out, indent=1))

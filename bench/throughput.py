@@ -138,6 +138,12 @@ def _flops_ours(trainer) -> int:
 
 
 def train_theirs(model: str, batch: int, warmup: int, iters: int, variant: str = "fp32") -> dict:
+    step, params = theirs_step(model, batch, variant)
+    return {"params": params, "times": _timed(step, warmup, iters)}
+
+
+def theirs_step(model: str, batch: int, variant: str = "fp32"):
+    """(one training step of diffusers' train_unconditional recipe, its parameter count)."""
     import torch.nn.functional as F
 
     p, unet, scheduler, EMAModel = _theirs(model, batch)
@@ -160,7 +166,40 @@ def train_theirs(model: str, batch: int, warmup: int, iters: int, variant: str =
         opt.zero_grad(set_to_none=True)
         ema.step(unet.parameters())
 
-    return {"params": sum(q.numel() for q in unet.parameters()), "times": _timed(step, warmup, iters)}
+    return step, sum(q.numel() for q in unet.parameters())
+
+
+def interleaved(args) -> int:
+    """Training steps of every variant and peer in ONE process, one step each in turn (order reversed every
+    round), after one untimed step each: the load of a shared machine then falls on all alike. Medians printed."""
+    torch.set_num_threads(args.threads)
+    steps, tmp = {}, tempfile.TemporaryDirectory()
+    for model in args.models:
+        for v in args.variants:
+            trainer, counter = _ours_trainer(model, args.batch, v, tmp.name + f"/{model}_{v}"), iter(range(10**9))
+            steps[f"{model} ddpmkit {v}"] = (lambda tr=trainer, c=counter: tr._train_step(next(c)))
+        for v in args.peers:
+            steps[f"{model} diffusers {v}"] = theirs_step(model, args.batch, v)[0]
+    times = {label: [] for label in steps}
+    for r in range(args.rounds + 1):
+        for label in steps if r % 2 == 0 else reversed(list(steps)):
+            t0 = time.perf_counter()
+            steps[label]()
+            _sync()
+            if r:  # round 0 is the untimed warm-up
+                times[label].append(time.perf_counter() - t0)
+                print(f"   round {r}: {label}: {times[label][-1]:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    med = {label: statistics.median(t) for label, t in times.items()}
+    for label, m in med.items():
+        model = label.split()[0]
+        ref = {p: med.get(f"{model} diffusers {p}") for p in args.peers}
+        print(f"{label:<36} {m:8.2f} s/step  {args.batch / m:6.2f} img/s  "
+              + "  ".join(f"x{ref[p] / m:.2f} vs diffusers {p}" for p in args.peers if ref[p]), flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"times": times, "median": med, "args": {k: str(v) for k, v in vars(args).items()}},
+                                    indent=1))
+    tmp.cleanup()
+    return 0
 
 
 def sample_ours(model: str, batch: int, steps: int, variant: str, warmup: int, iters: int) -> dict:
@@ -352,6 +391,8 @@ def parse_args(argv):
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
     parser.add_argument("--no-parts", action="store_true", help="skip the Adam/EMA/forward breakdown")
     parser.add_argument("--kinds", default="train,sample", help="train and/or sample (the table needs both)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="training steps of all variants and peers in one process, in turns (no memory figures)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device here; use --device cpu")
@@ -371,6 +412,9 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    if args.interleave:
+        print(f"interleaved in one process, {args.threads} thread(s); load average {os.getloadavg()[0]:.2f}")
+        return interleaved(args)
     from importlib.metadata import version
 
     print(f"torch {torch.__version__}, diffusers {version('diffusers')}, {platform.processor() or platform.machine()}"

@@ -136,8 +136,10 @@ def _nll(ctx: _Context) -> None:
     r, pipe = ctx.request, ctx.pipe
     images = ctx.real.images[: r.nll_n]
     model, one_batch = nll_model(pipe, ctx.real, len(images))  # a conditional run: its bound given the labels
-    out = bits_per_dim(pipe.diffusion, model, images, batch_size=one_batch or r.batch_size, seed=r.seed,
-                       progress=r.progress, device=model_device(pipe.model))
+    from ..precision import under  # bf16 moves the bound by < 0.1% (docs/PERFORMANCE.md): it follows --precision
+
+    out = bits_per_dim(pipe.diffusion, under(model, pipe.precision), images, batch_size=one_batch or r.batch_size,
+                       seed=r.seed, progress=r.progress, device=model_device(pipe.model))
     if one_batch:
         ctx.result["nll_note"] = "conditional bound -log p(x0 | c) with the real labels, unguided"
     ctx.result.update({k: out[k] for k in ("nll_bpd", "nll_bpd_sem", "prior_bpd", "decoder_bpd",
