@@ -24,7 +24,13 @@ median of --iters timed repetitions after --warmup untimed ones.
            (ddpmkit's choice); one EMA update, ddpmkit's foreach lerp against diffusers' EMAModel.step; and the
            network's forward pass alone (no grad) in GFLOP/s against the fp32 GEMM: how much room any
            implementation of this network has left on this machine.
-Variants of ours (--variants): fp32 (default path), channels_last, bf16 (autocast), compile (torch.compile).
+Variants of ours (--variants): default (the shipped config: precision auto, which bf16 or fp32 by the CPU's
+capability, ddpmkit/precision.py), fp32 (forced), channels_last, bf16 (autocast), compile (torch.compile), and
+bf16_channels_last, bf16_compile. Sampling runs each variant's precision through ddpmkit.precision.under (the
+network under autocast, the sampler's arithmetic fp32), as `ddpm sample` does.
+Peers (--peers): diffusers fp32 (its default) and diffusers bf16: torch.autocast("cpu", torch.bfloat16) around
+the U-Net's forward and the loss on the output cast to fp32, what accelerate's mixed_precision="bf16" does to the
+train_unconditional recipe; for sampling, DDPMPipeline called under the same autocast.
 --device cuda runs every measurement on the GPU (timings synchronised; memory is then torch's peak allocation on
 the device, not the process's RSS); the default is the CPU, where all figures in docs/PERFORMANCE.md come from.
 
@@ -54,7 +60,10 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 T = 1000
 VARIANTS = {"fp32": {}, "channels_last": {"channels_last": True}, "bf16": {"precision": "bf16"},
-            "compile": {"compile": True}}
+            "compile": {"compile": True}, "default": {"precision": "auto"},  # ours as shipped: `auto` decides
+            "bf16_channels_last": {"precision": "bf16", "channels_last": True},
+            "bf16_compile": {"precision": "bf16", "compile": True}}
+PEERS = ("fp32", "bf16")  # diffusers' train_unconditional as is, and under accelerate's mixed_precision="bf16"
 DEVICE = torch.device("cpu")  # the worker's device, from its job
 
 
@@ -92,6 +101,10 @@ def _ours_trainer(model: str, batch: int, variant: str, tmp: str):
     return Trainer(config, tmp, device=str(DEVICE), progress=False, dataset=ImageDataset(images, None, "random"))
 
 
+def _peer_autocast(variant: str):
+    return torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=variant == "bf16")
+
+
 def _theirs(model: str, batch: int):
     from diffusers import DDPMScheduler
     from diffusers.training_utils import EMAModel
@@ -124,7 +137,13 @@ def _flops_ours(trainer) -> int:
     return int(counter.get_total_flops())
 
 
-def train_theirs(model: str, batch: int, warmup: int, iters: int) -> dict:
+def train_theirs(model: str, batch: int, warmup: int, iters: int, variant: str = "fp32") -> dict:
+    step, params = theirs_step(model, batch, variant)
+    return {"params": params, "times": _timed(step, warmup, iters)}
+
+
+def theirs_step(model: str, batch: int, variant: str = "fp32"):
+    """(one training step of diffusers' train_unconditional recipe, its parameter count)."""
     import torch.nn.functional as F
 
     p, unet, scheduler, EMAModel = _theirs(model, batch)
@@ -138,14 +157,49 @@ def train_theirs(model: str, batch: int, warmup: int, iters: int) -> dict:
         x0 = images[torch.randint(0, len(images), (batch,), generator=gen).to(DEVICE)]
         noise = torch.randn(x0.shape, generator=gen).to(DEVICE)
         t = torch.randint(0, T, (batch,), generator=gen).to(DEVICE)
-        loss = F.mse_loss(unet(scheduler.add_noise(x0, noise, t), t).sample, noise)
+        with _peer_autocast(variant):  # accelerate's autocast wraps the model's forward alone
+            out = unet(scheduler.add_noise(x0, noise, t), t).sample
+        loss = F.mse_loss(out.float(), noise)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         ema.step(unet.parameters())
 
-    return {"params": sum(q.numel() for q in unet.parameters()), "times": _timed(step, warmup, iters)}
+    return step, sum(q.numel() for q in unet.parameters())
+
+
+def interleaved(args) -> int:
+    """Training steps of every variant and peer in ONE process, one step each in turn (order reversed every
+    round), after one untimed step each: the load of a shared machine then falls on all alike. Medians printed."""
+    torch.set_num_threads(args.threads)
+    steps, tmp = {}, tempfile.TemporaryDirectory()
+    for model in args.models:
+        for v in args.variants:
+            trainer, counter = _ours_trainer(model, args.batch, v, tmp.name + f"/{model}_{v}"), iter(range(10**9))
+            steps[f"{model} ddpmkit {v}"] = (lambda tr=trainer, c=counter: tr._train_step(next(c)))
+        for v in args.peers:
+            steps[f"{model} diffusers {v}"] = theirs_step(model, args.batch, v)[0]
+    times = {label: [] for label in steps}
+    for r in range(args.rounds + 1):
+        for label in steps if r % 2 == 0 else reversed(list(steps)):
+            t0 = time.perf_counter()
+            steps[label]()
+            _sync()
+            if r:  # round 0 is the untimed warm-up
+                times[label].append(time.perf_counter() - t0)
+                print(f"   round {r}: {label}: {times[label][-1]:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
+    med = {label: statistics.median(t) for label, t in times.items()}
+    for label, m in med.items():
+        model = label.split()[0]
+        ref = {p: med.get(f"{model} diffusers {p}") for p in args.peers}
+        print(f"{label:<36} {m:8.2f} s/step  {args.batch / m:6.2f} img/s  "
+              + "  ".join(f"x{ref[p] / m:.2f} vs diffusers {p}" for p in args.peers if ref[p]), flush=True)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps({"times": times, "median": med, "args": {k: str(v) for k, v in vars(args).items()}},
+                                    indent=1))
+    tmp.cleanup()
+    return 0
 
 
 def sample_ours(model: str, batch: int, steps: int, variant: str, warmup: int, iters: int) -> dict:
@@ -156,24 +210,29 @@ def sample_ours(model: str, batch: int, steps: int, variant: str, warmup: int, i
         diffusion = build_diffusion(trainer.config)
         p = trainer.model.config
         shape = (batch, p["in_channels"], p["image_size"], p["image_size"])
+        from ddpmkit.precision import decide, under
+
         net = trainer.ema.model
-        if variant == "channels_last":
+        if "channels_last" in variant:
             net = net.to(memory_format=torch.channels_last)
-        if variant == "compile":
+        if "compile" in variant:
             net = torch.compile(net)
-        with torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=variant == "bf16"):
-            times = _timed(lambda: diffusion.sample(net, shape, steps=steps), warmup, iters)
+        net = under(net, decide(trainer.config.train.precision, DEVICE))  # the network alone under autocast
+        times = _timed(lambda: diffusion.sample(net, shape, steps=steps), warmup, iters)
     return {"times": times}
 
 
-def sample_theirs(model: str, batch: int, steps: int, warmup: int, iters: int) -> dict:
+def sample_theirs(model: str, batch: int, steps: int, warmup: int, iters: int, variant: str = "fp32") -> dict:
     from diffusers import DDPMPipeline
 
     p, unet, scheduler, _ = _theirs(model, batch)
     pipe = DDPMPipeline(unet=unet.eval(), scheduler=scheduler).to(DEVICE)
     pipe.set_progress_bar_config(disable=True)
-    return {"times": _timed(lambda: pipe(batch_size=batch, num_inference_steps=steps, output_type="np"),
-                            warmup, iters)}
+    def run():
+        with _peer_autocast(variant):
+            pipe(batch_size=batch, num_inference_steps=steps, output_type="np")
+
+    return {"times": _timed(run, warmup, iters)}
 
 
 def peak_gemm(dtype: torch.dtype, n: int = 2048, iters: int = 3) -> float:
@@ -235,10 +294,10 @@ def worker(job: dict) -> dict:
     args = (job["model"], job["batch"])
     if kind == "train":
         out = (train_ours(*args, job["variant"], job["warmup"], job["iters"]) if impl == "ddpmkit"
-               else train_theirs(*args, job["warmup"], job["iters"]))
+               else train_theirs(*args, job["warmup"], job["iters"], job["variant"]))
     else:
         out = (sample_ours(*args, job["steps"], job["variant"], job["warmup"], job["iters"]) if impl == "ddpmkit"
-               else sample_theirs(*args, job["steps"], job["warmup"], job["iters"]))
+               else sample_theirs(*args, job["steps"], job["warmup"], job["iters"], job["variant"]))
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if DEVICE.type == "cuda":  # the memory that matters there: torch's peak allocation on the GPU
         out["peak_rss_mb"] = torch.cuda.max_memory_allocated(DEVICE) / 2**20
@@ -269,44 +328,50 @@ def measure(args, model: str, kind: str, steps: int | None = None) -> dict:
     base = dict(kind=kind, model=model, batch=args.batch, threads=args.threads, warmup=args.warmup,
                 iters=args.iters, steps=steps, device=args.device)
     labels = [(f"ddpmkit {v}", dict(base, impl="ddpmkit", variant=v)) for v in args.variants]
-    labels.append(("diffusers fp32", dict(base, impl="diffusers", variant="fp32")))
+    labels += [(f"diffusers {v}", dict(base, impl="diffusers", variant=v)) for v in args.peers]
     raw = {label: [] for label, _ in labels}
     for r in range(args.rounds):
         for label, job in labels if r % 2 == 0 else reversed(labels):
             raw[label].append(run_job(job))
-            print(f"   {model} {kind} round {r + 1}: {label}: {statistics.median(raw[label][-1]['times']):.3f} s",
+            print(f"   {model} {kind} round {r + 1}: {label}: {statistics.median(raw[label][-1]['times']):.3f} s"
+                  f" (load {os.getloadavg()[0]:.1f})",
                   flush=True)
     return {label: median_over_rounds(runs) for label, runs in raw.items()}
 
 
-def report(model: str, train: dict, sample: dict, parts_result: dict, gemm: dict, args) -> list[str]:
+def report(model: str, train: dict, sample: dict, parts_result: dict | None, gemm: dict, args) -> list[str]:
     theirs_t, theirs_s = train["diffusers fp32"], sample["diffusers fp32"]
+    bf16_t, bf16_s = train.get("diffusers bf16"), sample.get("diffusers bf16")
+    ours_fp32 = sample.get("ddpmkit fp32")
     lines = [f"\n== {model}, batch {args.batch}, {args.threads} threads",
-             f"parameters: ddpmkit {train['ddpmkit fp32']['params']:,}, diffusers {theirs_t['params']:,}",
-             f"{'':<22} {'train img/s':>11} {'ratio':>6} {'peak RSS MB':>11} {'ratio':>6} {'sample evals/s':>14} "
-             f"{'ratio':>6} {'s/batch@50':>10} {'s/batch@1000':>12}"]
+             f"parameters: ddpmkit {next(iter(train.values()))['params']:,}, diffusers {theirs_t['params']:,}",
+             f"{'':<26} {'train img/s':>11} {'vs dfp32':>8} {'vs dbf16':>8} {'peak RSS MB':>11} {'ratio':>6} "
+             f"{'sample evals/s':>14} {'vs dfp32':>8} {'vs dbf16':>8} {'vs ofp32':>8} {'s/batch@50':>10}"]
+    ratio = (lambda ref, x: f"{ref['seconds'] / x['seconds']:>8.2f}" if ref else f"{'':>8}")
     for label in train:
         tr, sa = train[label], sample[label]
         ips, evals = args.batch / tr["seconds"], args.sample_steps / sa["seconds"]
-        lines.append(f"{label:<22} {ips:>11.2f} {theirs_t['seconds'] / tr['seconds']:>6.2f} "
+        lines.append(f"{label:<26} {ips:>11.2f} {ratio(theirs_t, tr)} {ratio(bf16_t, tr)} "
                      f"{tr['peak_rss_mb']:>11.0f} {tr['peak_rss_mb'] / theirs_t['peak_rss_mb']:>6.2f} "
-                     f"{evals:>14.3f} {theirs_s['seconds'] / sa['seconds']:>6.2f} {50 / evals:>10.1f} "
-                     f"{1000 / evals:>12.0f}")
-    flops = train["ddpmkit fp32"].get("flops")
+                     f"{evals:>14.3f} {ratio(theirs_s, sa)} {ratio(bf16_s, sa)} {ratio(ours_fp32, sa)} "
+                     f"{50 / evals:>10.1f}")
+    flops = train.get("ddpmkit fp32", {}).get("flops")
     if flops:
         achieved = flops / train["ddpmkit fp32"]["seconds"]
         lines.append(f"ddpmkit fp32 step: {flops / 1e9:.1f} GFLOP (network forward + backward) -> "
                      f"{achieved / 1e9:.1f} GFLOP/s = {achieved / gemm['fp32']:.0%} of a 2048^3 fp32 GEMM "
                      f"({gemm['fp32'] / 1e9:.1f} GFLOP/s), {achieved / gemm['bf16']:.0%} of a 1024^3 bf16 GEMM "
                      f"({gemm['bf16'] / 1e9:.1f} GFLOP/s)")
-    lines.append("ratio: ours / diffusers for throughput (higher is better), for memory (lower is better); "
-                 f"sampling rate from {args.sample_steps}-step runs")
+    lines.append("vs dfp32 / dbf16 / ofp32: speed-up over diffusers fp32 / diffusers bf16 / ddpmkit fp32 (higher is "
+                 "better); peak RSS ratio over diffusers fp32 (lower is better); sampling rate from "
+                 f"{args.sample_steps}-step runs")
     pt = parts_result
-    lines.append(f"parts (ms): Adam per-tensor loop {pt['adam_loop']:.1f}, foreach {pt['adam_foreach']:.1f}, fused "
-                 f"{pt['adam_fused']:.1f} (ddpmkit); EMA update ddpmkit {pt['ema_ddpmkit']:.1f}, diffusers EMAModel "
-                 f"{pt['ema_diffusers']:.1f}")
-    lines.append(f"forward pass alone: {pt['forward_gflop']:.1f} GFLOP at {pt['forward_gflops']:.1f} GFLOP/s = "
-                 f"{pt['forward_gflops'] * 1e9 / gemm['fp32']:.0%} of the fp32 GEMM")
+    if pt:
+        lines.append(f"parts (ms): Adam per-tensor loop {pt['adam_loop']:.1f}, foreach {pt['adam_foreach']:.1f}, "
+                     f"fused {pt['adam_fused']:.1f} (ddpmkit); EMA update ddpmkit {pt['ema_ddpmkit']:.1f}, "
+                     f"diffusers EMAModel {pt['ema_diffusers']:.1f}")
+        lines.append(f"forward pass alone: {pt['forward_gflop']:.1f} GFLOP at {pt['forward_gflops']:.1f} GFLOP/s = "
+                     f"{pt['forward_gflops'] * 1e9 / gemm['fp32']:.0%} of the fp32 GEMM")
     return lines
 
 
@@ -314,7 +379,8 @@ def parse_args(argv):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--models", default="mnist28,cifar10")
-    parser.add_argument("--variants", default="fp32,channels_last", help=f"of ours: {','.join(VARIANTS)}")
+    parser.add_argument("--variants", default="default,fp32", help=f"of ours: {','.join(VARIANTS)}")
+    parser.add_argument("--peers", default="fp32,bf16", help="diffusers' recipe in fp32 and/or bf16 autocast")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--rounds", type=int, default=3)
@@ -323,14 +389,21 @@ def parse_args(argv):
     parser.add_argument("--sample-steps", type=int, default=10, help="ancestral steps per timed sampling run")
     parser.add_argument("--json", type=Path, default=HERE / "out" / "throughput.json")
     parser.add_argument("--device", default="cpu", help="cpu (default) or cuda / cuda:N")
+    parser.add_argument("--no-parts", action="store_true", help="skip the Adam/EMA/forward breakdown")
+    parser.add_argument("--kinds", default="train,sample", help="train and/or sample (the table needs both)")
+    parser.add_argument("--interleave", action="store_true",
+                        help="training steps of all variants and peers in one process, in turns (no memory figures)")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error(f"--device {args.device}: no CUDA device here; use --device cpu")
     args.models = [m for m in args.models.split(",") if m]
     args.variants = [v for v in args.variants.split(",") if v]
+    args.peers = [v for v in args.peers.split(",") if v]
+    if "fp32" not in args.peers or set(args.peers) - set(PEERS):
+        parser.error(f"--peers {','.join(args.peers)}: choose from {','.join(PEERS)}, including fp32")
     bad = [v for v in args.variants if v not in VARIANTS]
-    if bad or "fp32" not in args.variants:
-        parser.error(f"--variants {','.join(args.variants)}: choose from {','.join(VARIANTS)}, including fp32")
+    if bad or not args.variants:
+        parser.error(f"--variants {','.join(args.variants)}: choose from {','.join(VARIANTS)}")
     return args
 
 
@@ -339,6 +412,9 @@ def main(argv=None) -> int:
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
+    if args.interleave:
+        print(f"interleaved in one process, {args.threads} thread(s); load average {os.getloadavg()[0]:.2f}")
+        return interleaved(args)
     from importlib.metadata import version
 
     print(f"torch {torch.__version__}, diffusers {version('diffusers')}, {platform.processor() or platform.machine()}"
@@ -346,10 +422,14 @@ def main(argv=None) -> int:
     gemm = run_job({"kind": "gemm", "impl": "", "threads": args.threads, "device": args.device})
     out, lines = {"gemm": gemm, "args": {k: str(v) for k, v in vars(args).items()}}, []
     for model in args.models:
-        train = measure(args, model, "train")
-        sample = measure(args, model, "sample", steps=args.sample_steps)
-        pieces = run_job(dict(kind="parts", impl="", model=model, batch=args.batch, threads=args.threads,
-                              warmup=args.warmup, iters=args.iters, device=args.device))
+        train = measure(args, model, "train") if "train" in args.kinds else {}
+        sample = measure(args, model, "sample", steps=args.sample_steps) if "sample" in args.kinds else {}
+        if not (train and sample):  # one kind only: the per-round lines above and the JSON hold the figures
+            out[model] = {"train": train, "sample": sample}
+            continue
+        pieces = None if args.no_parts else run_job(dict(kind="parts", impl="", model=model, batch=args.batch,
+                                                         threads=args.threads, warmup=args.warmup,
+                                                         iters=args.iters, device=args.device))
         out[model] = {"train": train, "sample": sample, "parts": pieces}
         lines += report(model, train, sample, pieces, gemm, args)
         print("\n".join(lines[-(len(train) + 7):]), flush=True)

@@ -121,9 +121,10 @@ class TrainConfig:
     loss: str = "simple"
     hybrid_lambda: float = 1e-3  # weight of L_vlb in loss = "hybrid" [IDDPM Sec. 3.1]
     timestep_sampler: str = "auto"  # auto: importance-sampled t for loss = "vlb" [IDDPM Sec. 3.3], else uniform
-    precision: str = "auto"  # auto: bf16 autocast on CUDA with bf16, else fp32
+    precision: str = "auto"  # auto: bf16 autocast where the device has native bf16 (ddpmkit.precision), else fp32
     compile: bool = False
     channels_last: bool = False
+    grad_checkpoint: bool = False  # recompute each block's activations in the backward pass: less memory, slower
     seed: int = 0
     log_every: int = 50
     checkpoint_every: int = 1000
@@ -222,12 +223,14 @@ class SampleConfig:
     steps: int | None = None  # None: all T steps
     eta: float = 0.0  # ddim only
     spacing: str | None = None  # None: the sampler's own (uniform for ancestral/ddim, logsnr dpm++*, karras heun)
+    precision: str = "auto"  # the network while sampling: auto (bf16 where native, ddpmkit.precision), fp32, bf16, fp16
 
     def __post_init__(self):
         from .samplers.loop import SAMPLERS
         from .samplers.spacing import SPACINGS
 
         _choice("sample", "sampler", self.sampler, set(SAMPLERS))
+        _choice("sample", "precision", self.precision, {"auto", "fp32", "bf16", "fp16"})
         if self.spacing is not None:
             _choice("sample", "spacing", self.spacing, set(SPACINGS))
         if self.steps is not None:
@@ -352,7 +355,7 @@ RESUMABLE_CHANGES = {"train.steps", "train.log_every", "train.checkpoint_every",
                      "train.channels_last", "train.precision", "sample.sampler", "sample.steps", "sample.eta",
                      "sample.spacing", "data.skip_bad",
                      "train.eval_every", "train.eval_n", "train.eval_metrics", "train.eval_features",
-                     "train.budget_s"}
+                     "train.budget_s", "sample.precision", "train.grad_checkpoint"}
 
 
 def config_differences(old: dict, new: dict) -> list[str]:

@@ -141,7 +141,9 @@ def model_identity(pipe) -> dict:
     manifest = Path(pipe.checkpoint) / "manifest.json"
     sha = hashlib.sha256(manifest.read_bytes()).hexdigest() if manifest.is_file() else str(pipe.checkpoint)
     device = next(iter(pipe.model.parameters())).device.type
-    return {"checkpoint_manifest_sha256": sha, "step": pipe.step, "device": device, "T": pipe.diffusion.num_timesteps}
+    precision = getattr(pipe.precision, "name", "fp32")  # bf16 and fp32 networks give different images
+    return {"checkpoint_manifest_sha256": sha, "step": pipe.step, "device": device, "T": pipe.diffusion.num_timesteps,
+            "precision": precision}
 
 
 def sample_job(pipe, n: int, *, seed: int = 0, sampler: str | None = None, steps: int | None = None,
@@ -163,7 +165,8 @@ def sample_job(pipe, n: int, *, seed: int = 0, sampler: str | None = None, steps
 
     def work(index: np.ndarray) -> dict:
         shape = (len(index), pipe.channels, pipe.image_size, pipe.image_size)
-        model = pipe.model if labels is None else pipe.guided(labels[index], w).model
+        # the network under the pipeline's precision (bf16 autocast where chosen; guidance's mix stays fp32)
+        model = pipe.network if labels is None else pipe.guided(labels[index], w).network
         x = pipe.diffusion.sample(model, shape, sampler=sampler, steps=steps, eta=eta, spacing=spacing,
                                   generator=ImageNoise(seed, index))
         # a fresh copy: the permuted tensor's strides (also for C = 1) would send the feature network down another

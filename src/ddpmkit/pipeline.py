@@ -19,6 +19,7 @@ from .diffusion import Diffusion
 from .errors import ConfigError
 from .models import UNet
 from .models.build import build_model  # noqa: F401  (re-exported: it lives below store/ now)
+from .precision import Precision, decide, under
 from .samplers import SAMPLERS, check_sampler, model_device
 from .store import check_weights_fit, open_run, pick_device
 
@@ -43,6 +44,12 @@ class Pipeline:
     checkpoint: Path
     classes: list[str] | None = None  # a conditional run's class names (label order); None: unconditional
     class_counts: list[int] | None = None  # images per class in its training data
+    precision: Precision | None = None  # the network's arithmetic while sampling (ddpmkit.precision); None: fp32
+
+    @property
+    def network(self):
+        """`.model` under this pipeline's precision: autocast around the network alone, its output fp32."""
+        return under(self.model, self.precision)
 
     def labels(self, n: int, classes=None, seed: int | None = 0) -> np.ndarray:
         """The int64 (n,) labels that sample(n, classes=classes, seed=seed) uses: one class (index or name) or a
@@ -93,7 +100,8 @@ class Pipeline:
         chunks = []
         for start in range(0, n, batch_size):
             shape = (min(batch_size, n - start), self.channels, self.image_size, self.image_size)
-            model = self.model if labels is None else self.guided(labels[start:start + shape[0]], guidance or 0).model
+            part = None if labels is None else self.guided(labels[start:start + shape[0]], guidance or 0)
+            model = self.network if part is None else part.network
             chunks.append(self.diffusion.sample(model, shape, sampler=sampler, steps=steps, eta=eta,
                                                 spacing=spacing, generator=generator, progress=progress).cpu())
         x = torch.cat(chunks) if chunks else torch.empty(0, self.channels, self.image_size, self.image_size)
@@ -118,8 +126,11 @@ class Pipeline:
         return SAMPLERS[sampler].nfe(steps or self.diffusion.num_timesteps)
 
 
-def load(path: str | Path, *, ema: bool = True, device: str | torch.device | None = None) -> Pipeline:
-    """A Pipeline from a run directory (its newest valid checkpoint) or from one checkpoint folder."""
+def load(path: str | Path, *, ema: bool = True, device: str | torch.device | None = None,
+         precision: str | None = None) -> Pipeline:
+    """A Pipeline from a run directory (its newest valid checkpoint) or from one checkpoint folder.
+
+    precision: the network's while sampling, auto | fp32 | bf16 | fp16; None: the run's [sample] precision."""
     run = open_run(path)
     model = build_model(run.config, run.image_size, run.channels)
     name, weights = run.weights(ema)
@@ -129,4 +140,5 @@ def load(path: str | Path, *, ema: bool = True, device: str | torch.device | Non
     model = model.to(device).eval()
     classes = run.checkpoint.config.get("classes") or {}
     return Pipeline(model, build_diffusion(run.config).to(device), run.config, run.image_size, run.channels,
-                    run.step, run.path, classes.get("names"), classes.get("counts"))
+                    run.step, run.path, classes.get("names"), classes.get("counts"),
+                    decide(precision or run.config.sample.precision, device))

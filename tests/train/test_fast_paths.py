@@ -16,7 +16,8 @@ IMAGES = np.random.default_rng(0).integers(0, 256, (64, 8, 8, 1), dtype=np.uint8
 
 def trainer(tmp_path, name: str, **train) -> Trainer:
     values = {"model.preset": "tiny", "diffusion.timesteps": 20, "train.batch_size": 16, "train.warmup": 0,
-              "train.lr": 1e-3, **{f"train.{k}": v for k, v in train.items()}}
+              "train.lr": 1e-3, "train.precision": "fp32",  # the plain path; auto may be bf16 (ddpmkit.precision)
+              **{f"train.{k}": v for k, v in train.items()}}
     config = RunConfig().with_values(values)
     return Trainer(config, tmp_path / name, device="cpu", progress=False,
                    dataset=ImageDataset(IMAGES, None, "random"))

@@ -181,7 +181,9 @@ def test_sigterm_finishes_the_step_saves_and_exits(tmp_path, record_property):
 TORCHRUN = Path(sys.executable).with_name("torchrun")
 needs_torchrun = pytest.mark.skipif(not TORCHRUN.exists(), reason="torchrun not installed")
 # An .npz data set: the workers skip importing scikit-learn for the built-in digits (seconds each on two cores)
-DIST = ["--steps", "6", "--checkpoint-every", "2", "--sample-every", "100", *TINY]
+# fp32: under bf16 autocast a half batch's convolutions round differently from the full batch's, so one process
+# and two do not agree to 1e-4 after 6 steps; the comparison below is of the fp32 arithmetic
+DIST = ["--steps", "6", "--checkpoint-every", "2", "--sample-every", "100", *TINY, "--set", 'train.precision="fp32"']
 COMPARED = ("model.safetensors", "ema.safetensors", "state.safetensors", "state.json")
 
 

@@ -43,6 +43,14 @@ def add_sampler_options(p, default: str = "the run's [sample] config") -> None:
     p.add_argument("--steps", type=int, help=f"sampling steps, 1 .. T (< T respaces); default: {default}")
     p.add_argument("--spacing", choices=list(SPACINGS), help=f"where the steps lie in t; default: {default}")
     p.add_argument("--eta", type=float, help="ddim only: 0 deterministic (default), 1 DDPM-like")
+    add_precision_option(p)
+
+
+def add_precision_option(p) -> None:
+    """--precision: the network's arithmetic while sampling (ddpmkit.precision); every command that samples."""
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16", "fp16"),
+                   help="the network under autocast while sampling; auto: bf16 where the device has native bf16 "
+                        "(AVX-512 BF16, AMX, CUDA sm80+), else fp32; default: the run's [sample] precision")
 
 
 def add_class_options(p) -> None:
@@ -69,7 +77,7 @@ def load_run(args):
     from ..pipeline import load
 
     return load(args.checkpoint or args.run_dir, ema=not args.no_ema,
-                device=None if args.device == "auto" else args.device)
+                device=None if args.device == "auto" else args.device, precision=getattr(args, "precision", None))
 
 
 def sampler_kwargs(args) -> dict:

@@ -49,7 +49,8 @@ def cmd_eval(args) -> int:
         batch_size=args.batch_size,
         seed=args.seed, inception=args.inception, features=args.features,
         device=None if args.device == "auto" else args.device, progress=not args.no_progress, out_dir=out.parent,
-        cache=cache_arg(args), classes=args.classes, guidance=args.guidance, json=out)
+        cache=cache_arg(args), classes=args.classes, guidance=args.guidance, json=out,
+        precision=args.precision)
     info = setup(args.device)  # under torchrun: this rank's share of the sampling and the bound (ddpmkit.jobs)
     request.device = str(info.device) if info.active else request.device
     try:

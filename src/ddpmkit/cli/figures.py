@@ -6,8 +6,8 @@ import dataclasses
 from pathlib import Path
 
 from ..errors import UserError
-from .common import (add_cache_options, add_class_options, add_run_options, add_sampler_options, cache_arg,
-                     guided_run, load_run, sampler_kwargs)
+from .common import (add_cache_options, add_class_options, add_precision_option, add_run_options, add_sampler_options,
+                     cache_arg, guided_run, load_run, sampler_kwargs)
 
 
 def _add_trajectory(sub) -> None:
@@ -90,6 +90,7 @@ def _add_rate_distortion(sub) -> None:
     p.add_argument("--n", type=int, default=256, help="real images (default 256; all T terms each)")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--terms", type=Path, help="reuse the nll_terms.npz of ddpm eval --metrics nll instead")
+    add_precision_option(p)
     p.add_argument("--out", type=Path, help="PNG to write (default RUN_DIR/rate_distortion.png)")
     p.add_argument("--csv", type=Path, help="CSV to write (default: the PNG's path with .csv)")
     add_cache_options(p)

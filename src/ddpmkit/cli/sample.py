@@ -68,7 +68,7 @@ def _sample(args, info) -> int:
     from ..pipeline import load
 
     pipe = load(args.checkpoint or args.run_dir, ema=not args.no_ema,
-                device=info.device)
+                device=info.device, precision=args.precision)
     sampler, steps, _, spacing = pipe.sampler_settings(args.sampler, args.steps, args.eta, args.spacing)
     labels, guidance = _sample_labels(args, pipe)
     n = args.n if labels is None else len(labels)

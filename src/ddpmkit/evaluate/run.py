@@ -57,6 +57,7 @@ class EvalRequest:
     guidance: float | None = None  # conditional run: --guidance w
     json: Path | None = None  # the result, rewritten (atomically) as soon as each metric is known
     shards: Path | None = None  # the jobs' shard folder (default JSON.shards; None without json: in memory)
+    precision: str | None = None  # the network's while sampling (ddpmkit.precision); None: the run's [sample]
 
 
 @dataclass
@@ -294,7 +295,8 @@ def evaluate(request: EvalRequest, info: DistInfo | None = None) -> dict | None:
     if request.run_dir is not None or request.checkpoint is not None:
         from ..pipeline import load
 
-        pipe = load(request.checkpoint or request.run_dir, ema=request.ema, device=request.device)
+        pipe = load(request.checkpoint or request.run_dir, ema=request.ema, device=request.device,
+                    precision=request.precision)
         if pipe.classes is None and (request.classes is not None or request.guidance is not None):
             from ..classes import unconditional_error
 

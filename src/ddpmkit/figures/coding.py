@@ -50,7 +50,7 @@ def rate_distortion(pipeline, images: np.ndarray, *, batch_size: int = 256, seed
     """
     from ..evaluate.nll import bits_per_dim
 
-    out = bits_per_dim(pipeline.diffusion, pipeline.model, images, batch_size=batch_size, seed=seed,
+    out = bits_per_dim(pipeline.diffusion, pipeline.network, images, batch_size=batch_size, seed=seed,
                        progress=progress, device=model_device(pipeline.model))
     return {**rate_distortion_from_terms(out["terms_bpd"], out["x0_mse"], out["prior_bpd"]), "nll_bpd": out["nll_bpd"]}
 

@@ -52,7 +52,7 @@ def trajectory(pipeline, n: int = 8, columns: int = 10, *, seed: int | None = 0,
     """
     if n < 1 or batch_size < 1:
         raise ConfigError("--n and --batch-size must be at least 1")
-    d, model = pipeline.diffusion, pipeline.model
+    d, model = pipeline.diffusion, pipeline.network  # under the pipeline's precision
     T = d.num_timesteps
     t = trajectory_timesteps(T, columns)
     device = model_device(model)

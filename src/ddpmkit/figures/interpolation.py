@@ -45,7 +45,7 @@ def interpolate(pipeline, a: np.ndarray, b: np.ndarray, t: int | None = None, la
     `sampler`: sampler, steps (at most t), spacing and eta of the decoding, as Diffusion.sample takes them
     (default: ancestral, all t steps).
     """
-    d, model = pipeline.diffusion, pipeline.model
+    d, model = pipeline.diffusion, pipeline.network  # under the pipeline's precision
     t = d.num_timesteps // 2 if t is None else t
     if isinstance(t, bool) or not 1 <= int(t) <= d.num_timesteps:
         raise ConfigError(f"--t {t}: must be between 1 and T = {d.num_timesteps}")

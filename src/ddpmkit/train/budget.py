@@ -132,14 +132,14 @@ def probe(config: RunConfig, data, device: torch.device, steps: int = PROBE_STEP
     train.num_samples)."""
     from ..data import to_model_range
     from ..pipeline import build_diffusion, build_model
-    from .trainer import _autocast_dtype  # the trainer's own precision choice, so the probe times what runs
+    from ..precision import decide  # the trainer's own precision choice, so the probe times what runs
 
     c = config.train
     torch.manual_seed(c.seed)
     model = build_model(config, data.image_size, data.channels).to(device)
     diffusion = build_diffusion(config).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=c.lr, fused=device.type in ("cpu", "cuda") or None)
-    dtype = _autocast_dtype(c.precision, device)
+    dtype = decide(c.precision, device).dtype
     idx = torch.arange(c.batch_size) % len(data)
     x0 = to_model_range(torch.from_numpy(data.images[idx.numpy()])).to(device)
     amp = (lambda: torch.autocast(device.type, dtype=dtype)) if dtype is not None else _NoAutocast
