@@ -17,9 +17,7 @@ Run directory:
 
 from __future__ import annotations
 
-import json
 import math
-import signal
 import sys
 import time
 from contextlib import nullcontext
@@ -32,7 +30,6 @@ from tqdm.auto import tqdm
 from ..config import RunConfig, config_differences, to_toml
 from ..data import ImageDataset, check_enough, from_model_range, to_model_range
 from ..errors import ConfigError, UserError
-from ..fileio import atomic_path
 from ..figures.grid import plot_loss, save_grid
 from ..guidance import ClassifierFreeGuidance
 from ..pipeline import build_diffusion, build_model
@@ -52,6 +49,8 @@ from .autoconfig import RunTimeEstimate, describe_network
 from .importance import ImportanceTimesteps, timestep_sampler
 from .periodic_eval import periodic_eval
 from .prefetch import Prefetcher
+from .runlog import MetricsLog as _MetricsLog, StopOnSignals as _StopOnSignals
+from .runlog import atomic_write as _atomic_write, truncate_metrics as _truncate_metrics
 
 
 def step_seed(*parts: int) -> int:
@@ -429,81 +428,3 @@ def _with_optimizer_flags(saved: dict, optimizer: torch.optim.Optimizer) -> dict
     if not isinstance(groups, list) or len(groups) != len(flags):
         return saved  # load_state_dict names the mismatch
     return {**saved, "param_groups": [{**g, **f} for g, f in zip(groups, flags)]}
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(text)
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop log lines past `step` (written after the checkpoint a resumed run starts from)."""
-    if not path.exists():
-        return
-    keep = [line for line in path.read_text().splitlines() if line.strip() and json.loads(line)["step"] <= step]
-    _atomic_write(path, "".join(line + "\n" for line in keep))
-
-
-class _MetricsLog:
-    """metrics.jsonl (and TensorBoard when installed): mean loss, lr and images/s per log interval."""
-
-    def __init__(self, run_dir: Path, enabled: bool, batch_size: int, every: int):
-        self.enabled, self.batch_size, self.every = enabled, batch_size, every
-        self.file = open(run_dir / "metrics.jsonl", "a") if enabled else None
-        self.tb = _tensorboard(run_dir) if enabled else None
-        self.losses, self.skipped, self.t0 = [], 0, time.perf_counter()
-
-    def add(self, step: int, loss: float, applied: bool, lr: float, bar) -> None:
-        if applied:
-            self.losses.append(loss)
-        else:
-            self.skipped += 1
-        n = len(self.losses) + self.skipped
-        if not self.enabled or (step % self.every and n < self.every):
-            return
-        dt = time.perf_counter() - self.t0
-        row = {"step": step, "loss": float(np.mean(self.losses)) if self.losses else float("nan"), "lr": lr,
-               "images_per_sec": n * self.batch_size / dt, "skipped": self.skipped, "time": time.time()}
-        self.file.write(json.dumps(row) + "\n")
-        self.file.flush()
-        if self.tb is not None:
-            self.tb.add_scalar("loss", row["loss"], step)
-            self.tb.add_scalar("images_per_sec", row["images_per_sec"], step)
-        bar.set_postfix(loss=f"{row['loss']:.4f}", img_s=f"{row['images_per_sec']:.0f}")
-        self.losses, self.skipped, self.t0 = [], 0, time.perf_counter()
-
-    def close(self) -> None:
-        if self.file:
-            self.file.close()
-        if self.tb is not None:
-            self.tb.close()
-
-
-def _tensorboard(run_dir: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:  # tensorboard is optional
-        return None
-    return SummaryWriter(str(run_dir / "tb"))
-
-
-class _StopOnSignals:
-    """SIGINT/SIGTERM: finish the current step, save a checkpoint, and return (the CLI exits 128 + signal)."""
-
-    def __init__(self, trainer: Trainer):
-        self.trainer, self.old = trainer, {}
-
-    def _handle(self, signum, frame):
-        self.trainer.stop_signal = signal.Signals(signum).name
-
-    def __enter__(self):
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            try:
-                self.old[sig] = signal.signal(sig, self._handle)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def __exit__(self, *exc):
-        for sig, old in self.old.items():
-            signal.signal(sig, old)
