@@ -58,7 +58,9 @@ def protocol(metric: str, *, request, pipe=None, real=None, extractor=None, n: i
 
     out: dict = {"ddpmkit": __version__}
     if pipe is not None:
-        out.update({"checkpoint": str(pipe.checkpoint), "step": pipe.step, "ema": request.ema})
+        out.update({"checkpoint": str(pipe.checkpoint), "step": pipe.step, "ema": request.ema,
+                    # the network's arithmetic while sampling and bounding (ddpmkit.precision): bf16 moves the figures
+                    "precision": getattr(pipe.precision, "name", "fp32")})
     if metric in SAMPLED:
         out.update(_sampling(request, pipe, n))
     elif metric == "nll":
@@ -103,7 +105,8 @@ def protocol_line(p: dict) -> str:
     if "real_data" in p:
         parts.append(f"real {p['real_data']}/{p['real_split']} ({p['real_size']} images)")
     if "step" in p:
-        parts.append(f"checkpoint step {p['step']} ({'EMA' if p['ema'] else 'raw'} weights)")
+        precision = f", {p['precision']}" if "precision" in p else ""
+        parts.append(f"checkpoint step {p['step']} ({'EMA' if p['ema'] else 'raw'} weights{precision})")
     parts.append(f"ddpmkit {p['ddpmkit']}")
     return " | ".join(parts)
 
