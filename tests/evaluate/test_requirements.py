@@ -90,3 +90,11 @@ def test_a_good_request_still_runs(tiny_eval, tmp_path, capsys):
     torch.manual_seed(0)
     assert main(["eval", str(tiny_eval["run"]), "--metrics", "kid,pr", "--features", str(tiny_eval["classifier"]),
                  "--n", "16", "--json", str(tmp_path / "e.json"), "--no-progress", "--device", "cpu"]) == 0
+
+
+def test_every_metric_that_is_checked_has_a_runner_and_the_reverse():
+    """check_request is the only refusal of an unknown metric, so its table and evaluate()'s runners must agree."""
+    from ddpmkit.evaluate.requirements import METRIC_NEEDS, METRICS
+    from ddpmkit.evaluate.run import RUNNERS
+
+    assert set(METRIC_NEEDS) == set(RUNNERS) == set(METRICS)

@@ -18,8 +18,8 @@ from __future__ import annotations
 import functools
 from pathlib import Path
 
-SAMPLED = ("fid", "is", "pr", "kid", "memo", "acc")  # figures of generated images
-FEATURED = ("fid", "is", "pr", "kid", "acc")  # figures in a feature space
+from .requirements import FEATURED, SAMPLED  # the metric groups, defined once
+
 
 
 @functools.lru_cache(maxsize=8)

@@ -28,6 +28,7 @@ SPLITS = ("train", "test", "all")
 MIN_SAMPLES = {"fid": 2, "kid": 2, "pr": 4, "is": 10}  # covariance, MMD^2_u, k + 1 for k = 3, 10 IS splits
 BUILTIN_DATA = ("digits", "fashion-mnist", "fashion_mnist")
 SAMPLED = ("fid", "is", "pr", "kid", "memo", "acc")  # metrics of generated images
+FEATURED = ("fid", "is", "pr", "kid", "acc")  # metrics in a feature space (the extractor's outputs of the samples)
 
 
 def _need_model(request, metric: str) -> None:
