@@ -1,22 +1,17 @@
 """`ddpm reconstruct`, `ddpm inpaint`, `ddpm encode` and `ddpm sample --x-T` end to end on a tiny trained run:
 PNG and npz shapes, kept pixels exact, and one line with exit code 2 for each kind of bad input."""
 
-import math
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from ddpmkit.cli import main
+from grids import grid_size  # tests/grids.py (tests/ is on sys.path by its conftest.py)
 
 T = 20
 TINY = ["--set", "model.preset=\"tiny\"", "--set", f"diffusion.timesteps={T}", "--set", "sample.steps=10",
         "--set", "train.num_samples=4", "--batch-size", "16", "--no-progress"]
-CELL = 8 * math.ceil(32 / 8)  # make_grid enlarges 8x8 digits to 32x32 cells with 1 pixel of padding
-
-
-def grid_size(rows: int, columns: int) -> tuple[int, int]:
-    return columns * (CELL + 1) + 1, rows * (CELL + 1) + 1
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,6 @@ rate is the NLL of `ddpm eval --metrics nll`.
 """
 
 import json
-import math
 
 import numpy as np
 import pytest
@@ -16,6 +15,7 @@ from PIL import Image
 import ddpmkit
 from ddpmkit import oracle
 from ddpmkit.cli import main
+from grids import grid_size  # tests/grids.py (tests/ is on sys.path by its conftest.py)
 from ddpmkit.data import from_model_range, load_dataset, to_model_range
 from ddpmkit.diffusion import Diffusion
 from ddpmkit.figures import coding as rd
@@ -24,12 +24,6 @@ from ddpmkit.pipeline import Pipeline
 T = 20
 TINY = ["--set", "model.preset=\"tiny\"", "--set", f"diffusion.timesteps={T}", "--set", "sample.steps=10",
         "--set", "train.num_samples=4", "--batch-size", "16", "--no-progress"]
-CELL = 8 * math.ceil(32 / 8)  # make_grid enlarges 8x8 digits to 32x32 cells, with 1 pixel of padding
-
-
-def grid_size(rows: int, columns: int) -> tuple[int, int]:
-    """(width, height) of a make_grid PNG."""
-    return columns * (CELL + 1) + 1, rows * (CELL + 1) + 1
 
 
 @pytest.fixture(scope="module")
