@@ -54,12 +54,16 @@ def choose_config(spec: str | None, *, image_size: int | None, channels: int | N
 
 
 def describe_network(model, config: RunConfig, data: ImageDataset) -> str:
-    """'network: UNet preset P at HxWxC, N parameters[, conditional on K classes]'."""
+    """'network: UNet preset P[ with its options changed: ...] at HxWxC, N parameters[, conditional on K classes]':
+    the options that differ from the preset (the budget plan's or --set's), so the line names the network that runs."""
     n = sum(p.numel() for p in model.parameters())
     k = config.model.num_classes
     cls = f", conditional on {k} classes (label dropout {config.train.label_dropout:g})" if k else ""
-    return (f"network: UNet preset {config.model.preset} at {data.image_size}x{data.image_size}x{data.channels}, "
-            f"{n:,} parameters{cls}")
+    changed = {name: value for name, value in config.model.overrides().items() if name != "num_classes"}
+    shape = (" with " + ", ".join(f"{name}={list(v) if isinstance(v, tuple) else v}" for name, v in changed.items())
+             if changed else "")
+    return (f"network: UNet preset {config.model.preset}{shape} at {data.image_size}x{data.image_size}x"
+            f"{data.channels}, {n:,} parameters{cls}")
 
 
 def format_duration(seconds: float) -> str:
