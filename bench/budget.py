@@ -10,9 +10,10 @@ head-to-head against two peers at an equal budget.
 Every training process gets one thread (torch.set_num_threads(1), OMP_NUM_THREADS=1); run the script itself under
 `nice -n 10` (its processes inherit it); the
 cores may be shared with other work, so the load is printed. Samples: DDIM [Song et al. 2020] with 50 steps, eta 0,
-n = --n (400), seed 0 (and 1 for ddpmkit, for the spread). Scores: digits in bench/digits_score.py's classifier;
-Fashion-MNIST in a classifier's features (`ddpm train-classifier`, cached in --out, as `ddpm eval --features`): FID,
-precision, recall, and the real-vs-real floor (400 real training images against the test reference, 3 seeds).
+n = --n (400), seed 0 (and 1 for ddpmkit, for the spread). Scores: in the features of a classifier trained on the
+data set (`ddpm train-classifier`, cached in --out, as `ddpm eval --features`) against its test split: FID, k-NN
+precision and recall, and the real-vs-real floor (--n real training images against the test reference, 3 seeds);
+digits also get bench/digits_score.py's FD in its own classifier, as the quickstart's figures.
 
   sweep    one `Trainer` per variant, each planned for --minutes (train.budget_s) with one planner constant or
            config value changed (VARIANTS): width, batch, learning rate, warm-up share, LR decay, EMA, min-SNR.
@@ -23,8 +24,9 @@ precision, recall, and the real-vs-real floor (400 real training images against 
            recipe (UNet2DModel with blocks (128, 128, 256, 256, 512, 512), attention at the 5th level; DDPMScheduler
            linear, epsilon; batch 16, AdamW 1e-4 betas (0.95, 0.999) weight decay 1e-6, cosine schedule with 500
            warm-up steps over its 100 epochs, clip 1, EMAModel max 0.9999, inv_gamma 1, power 3/4). Both peers
-           need sizes divisible by their downsampling, so their 28x28 images are padded to 32x32 with background
-           (-1) and their samples cropped back; they train on one channel.
+           need sizes divisible by their downsampling (8 and 32), so images are padded up to that with background
+           (-1) and their samples cropped back (28x28 -> 32x32 for both; 8x8 digits stay 8x8 for lucidrains and
+           become 32x32 for diffusers); they train on one channel.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -58,6 +61,9 @@ VARIANTS = {
     "ema_power0.05": ({"EMA_SIGMA_REL": 0.05}, {}), "ema_power0.2": ({"EMA_SIGMA_REL": 0.2}, {}),
     "ema_exp0.999": ({}, {"train.ema_schedule": "exponential", "train.ema_decay": 0.999}),
     "min_snr5": ({}, {"train.loss_weighting": "min_snr"}),
+    "l_simple": ({"WEIGHTING": "none"}, {}),
+    "v_pred": ({}, {"diffusion.parameterization": "v"}),
+    "v_pred_min_snr5": ({}, {"diffusion.parameterization": "v", "train.loss_weighting": "min_snr"}),
     "constant_min_snr5": ({}, {"train.lr_decay": "none", "train.loss_weighting": "min_snr"}),
 }
 
@@ -80,26 +86,32 @@ def ddpm(*args: str) -> list[str]:
 
 # ---- scoring -----------------------------------------------------------------------------------------------------
 
-def classifier(out: Path) -> Path:
-    path = out / "fashion_classifier.safetensors"
-    if not path.is_file():
-        run(ddpm("train-classifier", "--data", "fashion-mnist", "--out", str(path), "--no-progress"),
-            out / "classifier.log")
+_CLASSIFIER_LOCK = threading.Lock()  # the sweep's threads score at once: train the classifier once
+
+
+def classifier(out: Path, data: str = "fashion-mnist") -> Path:
+    path = out / ("fashion_classifier.safetensors" if data == "fashion-mnist" else f"{data}_classifier.safetensors")
+    with _CLASSIFIER_LOCK:
+        if not path.is_file():
+            run(ddpm("train-classifier", "--data", data, "--out", str(path), "--no-progress"), out / "classifier.log")
     return path
 
 
 def score(npz: Path, data: str, out: Path) -> dict:
+    """FID, precision and recall in the features of a classifier trained on `data` (`ddpm train-classifier`),
+    against the test split; digits also get bench/digits_score.py's FD (its own classifier) and confidence."""
+    from ddpmkit.evaluate.run import EvalRequest, evaluate
+
     samples = np.load(npz)["arr_0"]
+    ev = evaluate(EvalRequest(data=data, samples=npz, split="test", metrics=("fid", "pr"),
+                              features=classifier(out, data), n=len(samples), progress=False))
+    row = {"fid": ev["fid"], "precision": ev["precision"], "recall": ev["recall"]}
     if data == "digits":
         from digits_score import score as digits_score
 
         s = digits_score(samples)
-        return {"fd": s["fd"], "fd_floor": s["fd_floor"], "confidence": s["confidence"], "classes": s["classes"]}
-    from ddpmkit.evaluate.run import EvalRequest, evaluate
-
-    ev = evaluate(EvalRequest(data=data, samples=npz, split="test", metrics=("fid", "pr"), features=classifier(out),
-                              n=len(samples), progress=False))
-    return {"fid": ev["fid"], "precision": ev["precision"], "recall": ev["recall"]}
+        row.update({"fd": s["fd"], "fd_floor": s["fd_floor"], "confidence": s["confidence"], "classes": s["classes"]})
+    return row
 
 
 def real_floor(data: str, n: int, out: Path) -> list[dict]:

@@ -26,11 +26,16 @@ from ddpmkit.data import from_model_range, load_dataset, to_model_range  # noqa:
 from ddpmkit.figures.grid import save_grid  # noqa: E402
 
 PEER_NAMES = ("lucidrains", "diffusers")
-SIZE = 32  # both peers halve the size at every level: 28x28 is padded to 32x32
+# Each peer's default network halves the image size at every level, so the size must divide by 2^levels-1:
+# lucidrains' dim_mults (1, 2, 4, 8) by 8, diffusers' six blocks by 32. Images are padded up to the next such size
+# with background (-1) and the samples cropped back: 28x28 -> 32x32 for both; 8x8 digits stay 8x8 for lucidrains
+# and become 32x32 for diffusers (its default network cannot take less).
+DIVISOR = {"lucidrains": 8, "diffusers": 32}
+SIZE = 32  # set by main() for the peer and the data
 
 
 def padded(images: np.ndarray) -> torch.Tensor:
-    """uint8 (N, H, W, 1) -> (N, 1, 32, 32) in [-1, 1], the border at -1 (the background)."""
+    """uint8 (N, H, W, 1) -> (N, 1, SIZE, SIZE) in [-1, 1], the border at -1 (the background)."""
     x = to_model_range(torch.from_numpy(images))
     pad = (SIZE - x.shape[-1]) // 2
     return F.pad(x, (pad, SIZE - x.shape[-1] - pad) * 2, value=-1.0)
@@ -142,11 +147,13 @@ def main(argv=None) -> int:
     torch.set_num_threads(1)
     torch.manual_seed(0)
     data = load_dataset(args.data, split="train")
+    global SIZE
+    SIZE = math.ceil(data.image_size / DIVISOR[args.peer]) * DIVISOR[args.peer]
     args.out.mkdir(parents=True, exist_ok=True)
     train, draw = PEERS[args.peer]
     model, result = train(padded(data.images), 0.0 if args.sample_only else args.minutes * 60.0, args.out)
     if result is not None:
-        result["peer"] = args.peer
+        result["peer"], result["trained_size"] = args.peer, SIZE
         (args.out / "result.json").write_text(json.dumps(result))
         print(json.dumps(result), flush=True)
     chunks, start = [], time.monotonic()

@@ -29,13 +29,15 @@ def test_a_tiny_budget_run_plans_ends_on_time_and_resumes_with_a_new_budget(tmp_
     run = tmp_path / "run"
     assert main(["train", "--out", str(run), "--minutes", str(BUDGET_S / 60), *TINY]) == 0
     out = capsys.readouterr().out
-    for words in ("plan: network your network", "parameters; batch 16", "expected end", "warm-up", "cosine decay"):
+    for words in ("plan: network your network", "parameters; batch 16", "expected end", "warm-up", "cosine decay",
+                  "L_simple with min-SNR weights, gamma 5"):
         assert words in out, words
     elapsed, budget = _ended(out)
     assert budget == pytest.approx(BUDGET_S)
     assert 0.5 * budget <= elapsed <= 1.3 * budget + 3.0
     saved = load_config(run / "config.toml").train
     assert saved.budget_s == pytest.approx(BUDGET_S) and saved.ema_schedule == "power"
+    assert saved.loss_weighting == "min_snr"  # the planned recipe's objective (docs/RESULTS.md's sweeps)
     first = int(re.search(r"trained to step (\d+)", out).group(1))
     assert 1 <= first <= saved.steps  # the planned last step, or earlier if the machine slowed down
     assert (run / "samples.png").is_file()

@@ -7,8 +7,8 @@ The plan, made when the run starts and counted in the budget:
   2. choose  the largest candidate that still gets MIN_STEPS steps (the rule fitted to bench/budget.py's sweep,
              docs/RESULTS.md "Training to a budget"); the recipe around it: batch BATCH, Adam at LR, a linear
              warm-up over WARMUP_FRAC of the steps, cosine decay to 0 at the last step (train/lr_schedule.py), the
-             power-function EMA with sigma_rel EMA_SIGMA_REL (train/power_ema.py), sample grids and checkpoints at
-             each quarter of the run.
+             power-function EMA with sigma_rel EMA_SIGMA_REL (train/power_ema.py), L_simple with min-SNR-gamma
+             weights (WEIGHTING, train/weighting.py), sample grids and checkpoints at each quarter of the run.
   3. run     the trainer re-measures its step rate as it goes (`BudgetClock`): every REPLAN_EVERY of the run it
              moves the last step so that training, the grids left and the final checkpoint end at the deadline
              (the machine may be shared), and it stops early rather than late.
@@ -35,12 +35,17 @@ from .autoconfig import format_duration, sized_model
 # budget"): at equal time the smallest network won (FD 20.4 against 26.2 for ch32x1 and 36.4 for ch32x2); Adam 2e-3
 # beat 1e-3 and 5e-4 (12.3, 20.4, 38.5); warm-up 5% or 20%, batch 32 or 64 (at equal time) and sigma_rel 0.1 or 0.2
 # were within a few FD of each other. MIN_STEPS, where a larger network starts to pay, was not reached by the sweep:
-# 1500 is a prior (the digits preset's steps), not a fit.
+# 1500 is a prior (the digits preset's steps), not a fit. On Fashion-MNIST at 15 minutes of one core (the second
+# sweep, docs/RESULTS.md) the smallest network (3784 steps) beat ch32x1 (1358 steps) too, FID 67.0 against 82.5,
+# and min-SNR-gamma weighting (gamma 5) beat uniform L_simple (48.8 against 67.0; v-prediction 54.0): the third
+# comparison of the three made where it won, so planned runs weight the loss by it. The presets keep the paper's
+# uniform L_simple.
 MIN_STEPS = 1500
 BATCH = 64
 LR = 2e-3
 WARMUP_FRAC = 0.05
 EMA_SIGMA_REL = 0.10
+WEIGHTING = "min_snr"  # train.loss_weighting of a planned run (train.min_snr_gamma keeps its default, 5)
 GRIDS = 4  # at most this many sample grids (and checkpoints), evenly spaced; the last one is the final grid
 GRID_SHARE = 0.05  # ... and fewer when they would take more than this share of the budget (at least the final one)
 PROBE_STEPS = 3  # timed steps per candidate, after one untimed step
@@ -81,7 +86,7 @@ def _recipe(steps: int, grids: int = GRIDS) -> dict:
     every = max(1, steps // grids)
     return {"train.batch_size": BATCH, "train.lr": LR, "train.warmup": max(1, round(WARMUP_FRAC * steps)),
             "train.lr_decay": "cosine", "train.ema_schedule": "power", "train.ema_sigma_rel": EMA_SIGMA_REL,
-            "train.sample_every": every, "train.checkpoint_every": every}
+            "train.loss_weighting": WEIGHTING, "train.sample_every": every, "train.checkpoint_every": every}
 
 
 @dataclass
@@ -241,7 +246,9 @@ def describe(plan: Plan, start_step: int) -> list[str]:
         f"attention at {m.attn_resolutions}), {plan.timing.params:,} parameters; batch {c.batch_size}",
         f"plan: steps {start_step} -> {start_step + plan.steps} at {plan.timing.step_s:.3f} s/step; lr {c.lr:g}, "
         f"warm-up {c.warmup} steps, {c.lr_decay} decay to 0; EMA {c.ema_schedule}"
-        + (f" sigma_rel {c.ema_sigma_rel:g}" if c.ema_schedule == "power" else f" {c.ema_decay:g}") + f"; {grids}",
+        + (f" sigma_rel {c.ema_sigma_rel:g}" if c.ema_schedule == "power" else f" {c.ema_decay:g}")
+        + ("; L_simple with min-SNR weights, gamma " f"{c.min_snr_gamma:g}" if c.loss_weighting == "min_snr"
+           else "; L_simple") + f"; {grids}",
         f"plan: expected end {end} (budget ends {_wall_clock(plan.deadline)})",
     ]
 
