@@ -7,10 +7,10 @@ Each (batch, grad_checkpoint) pair runs in its own fresh process, alternating of
 (Trainer._train_step: forward, L_simple, backward, clip, Adam, EMA) of the `celebahq256` preset (the paper's 114M
 U-Net) on random 256x256x3 images, --warmup untimed steps, then --iters timed ones. Memory is the process's peak
 resident set (ru_maxrss) minus its resident set just before the first step (weights, Adam moments, EMA, data),
-so the difference is what the step itself needs: activations, gradients, the autocast weight copies. A straight
-line through those (per-image slope and intercept) gives the batch that fits in 16, 40 and 80 GB of memory left
-for a step after the model state (state = 4 copies of the weights in fp32: weights, EMA, two Adam moments, plus the
-gradients). The line is from CPU resident memory: on a GPU the activations are the same tensors, but the
+so the difference is what the steps need: activations, the gradients and Adam's two moments (both first allocated
+in the first step), the autocast weight copies. A straight line through those (per-image slope and intercept) gives
+the batch that fits in 16, 40 and 80 GB together with the state held before the first step (the fp32 weights and
+the EMA). The line is from CPU resident memory: on a GPU the activations are the same tensors, but the
 allocator, cuDNN workspaces and the CUDA context add their own, so read it as an estimate, measured on no GPU.
 """
 
@@ -125,9 +125,13 @@ def main(argv=None) -> int:
                   f"{r['step_mb']:.0f} MB (peak RSS {r['peak_mb']:.0f} MB, before the first step {r['before_mb']:.0f}"
                   f" MB; {r['precision']}) load {os.getloadavg()[0]:.1f}", flush=True)
     params = rows[batches[0], False]["params"]
-    state_mb = 5 * params * 4 / 2**20  # fp32 weights, EMA, Adam m and v, gradients
+    # The resident set before the first step holds the fp32 weights and the EMA; Adam's two moments and the
+    # gradients are first allocated inside the measured steps, so they are in every step's memory (the line's
+    # intercept) already and are not added again here.
+    state_mb = 2 * params * 4 / 2**20
     out = {"rows": {f"{b},{gc}": r for (b, gc), r in rows.items()}, "state_mb": state_mb}
-    print(f"model state (fp32 weights, EMA, 2 Adam moments, gradients; {params:,} parameters): {state_mb:.0f} MB")
+    print(f"model state before the first step (fp32 weights and EMA; {params:,} parameters): {state_mb:.0f} MB; "
+          f"Adam's moments and the gradients are in the step memory")
     for gc in (False, True):
         x = np.array(batches, float)
         y = np.array([rows[b, gc]["step_mb"] for b in batches])
