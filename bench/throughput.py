@@ -190,6 +190,8 @@ def interleaved(args) -> int:
                 times[label].append(time.perf_counter() - t0)
                 print(f"   round {r}: {label}: {times[label][-1]:.2f} s (load {os.getloadavg()[0]:.1f})", flush=True)
     med = {label: statistics.median(t) for label, t in times.items()}
+    if any("compile" in v for v in args.variants):
+        print(inductor_report(), flush=True)
     for label, m in med.items():
         model = label.split()[0]
         ref = {p: med.get(f"{model} diffusers {p}") for p in args.peers}
@@ -200,6 +202,21 @@ def interleaved(args) -> int:
                                     indent=1))
     tmp.cleanup()
     return 0
+
+
+def inductor_report() -> str:
+    """What torch.compile made of the compiled variants in this process (forward, backward and the optimizer's
+    graphs together): inductor's IR nodes before fusion, the kernels it generated from them (each one a fused loop
+    nest of elementwise ops and reductions: GroupNorm, SiLU, the residual adds, softmax, Adam's update), how many
+    of those are vectorised C++, and the graph breaks. Convolutions and matmuls are not generated: they stay calls
+    into oneDNN/MKL ("extern kernels"), so compile can only speed up what lies between them."""
+    from torch._dynamo.utils import counters
+    from torch._inductor import metrics
+
+    breaks = sum(counters["graph_break"].values())
+    return (f"inductor: {metrics.ir_nodes_pre_fusion} IR nodes before fusion -> {metrics.generated_kernel_count} "
+            f"generated kernels ({metrics.generated_cpp_vec_kernel_count} vectorised C++), {breaks} graph breaks; "
+            f"convolutions and matmuls stay oneDNN/MKL calls")
 
 
 def sample_ours(model: str, batch: int, steps: int, variant: str, warmup: int, iters: int) -> dict:
