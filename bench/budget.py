@@ -2,6 +2,7 @@
 head-to-head against two peers at an equal budget.
 
     python bench/budget.py --part noise                                   # why step 77 samples noise (~1 min)
+    python bench/budget.py --part probe --data fashion-mnist              # each candidate's step, bf16 and fp32
     python bench/budget.py --part sweep --data digits --minutes 2 --jobs 2          # the scaled-down sweep
     python bench/budget.py --part sweep --data fashion-mnist --minutes 4 --jobs 2 --variants plan,ch16x1,ch32x1,ch32x2
     python bench/budget.py --part peers --data fashion-mnist --minutes 15            # ddpmkit vs 2 peers, one run
@@ -272,6 +273,28 @@ def noise(args) -> int:
     return 0
 
 
+# ---- the candidates' step times, bf16 against fp32 ------------------------------------------------------------------
+
+def probe_all(args) -> int:
+    """The planner's probe (train/budget.py) of every candidate in bf16 autocast and in fp32, one thread: what a
+    step and a sample grid cost here, and where bf16 pays."""
+    from ddpmkit.config import load_config
+    from ddpmkit.data import load_dataset
+    from ddpmkit.train import budget
+
+    torch.set_num_threads(1)
+    data = load_dataset(args.data, split="train")
+    config = load_config("digits" if args.data == "digits" else "fashion_mnist").with_values(budget._recipe(1000))
+    print(f"{args.data}, batch {budget.BATCH}, one thread; load {os.getloadavg()[0]:.2f}", flush=True)
+    for cand in budget.candidates(data.image_size):
+        t = {prec: budget.probe(config.with_values({**cand.model, "train.precision": prec}), data,
+                                torch.device("cpu"), 4) for prec in ("fp32", "bf16")}
+        print(f"{cand.name:<7} {t['bf16'].params:>10,} params  s/step fp32 {t['fp32'].step_s:.3f} bf16 "
+              f"{t['bf16'].step_s:.3f} (x{t['fp32'].step_s / t['bf16'].step_s:.2f})  grid s fp32 {t['fp32'].grid_s:.1f}"
+              f" bf16 {t['bf16'].grid_s:.1f}", flush=True)
+    return 0
+
+
 # ---- the head-to-head --------------------------------------------------------------------------------------------
 
 def peers(args) -> int:
@@ -318,7 +341,7 @@ def peers(args) -> int:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--part", required=True, choices=("noise", "sweep", "peers", "train-one"))
+    p.add_argument("--part", required=True, choices=("noise", "sweep", "peers", "train-one", "probe"))
     p.add_argument("--data", default="digits")
     p.add_argument("--minutes", type=float, default=2.0)
     p.add_argument("--variants", default="", help=f"comma-separated from {', '.join(VARIANTS)}")
@@ -336,7 +359,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", type=Path, default=ROOT / "bench" / "out" / "budget")
     args = p.parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
-    return {"noise": noise, "sweep": sweep, "peers": peers, "train-one": train_one}[args.part](args)
+    return {"noise": noise, "sweep": sweep, "peers": peers, "train-one": train_one, "probe": probe_all}[args.part](args)
 
 
 if __name__ == "__main__":
