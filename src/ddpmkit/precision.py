@@ -12,9 +12,12 @@
     an AVX-512 CPU without the BF16 extension converts on every load: both stay fp32. Other CPUs (ARM, or where
     the flags cannot be read) stay fp32: not measured.
 It decides by capability, never by the device's type alone, and the same answer every time on one machine, so a
-run resumed there trains in the same precision (bit for bit). It does not decide per network: on this project's
-CPU (AMD EPYC, avx512_bf16) every shipped preset trains faster in bf16, the digits net included (1.2x at batch 64);
-only the test preset `tiny` is slower (0.8x). docs/PERFORMANCE.md has the table.
+run resumed there trains in the same precision (bit for bit). On this project's CPU (AMD EPYC, avx512_bf16) the
+shipped presets train faster in bf16 at one thread (the digits preset 1.1-1.2x, mnist28 1.8x), but the smallest
+networks do not (the test preset `tiny` 0.8x, the budget planner's 177k-parameter digits candidate 0.85x), so a
+run planned with `ddpm train --minutes` (train/budget.py), which times its candidate networks anyway, times each in
+bf16 and in fp32 and writes the faster into the run's config: that is decided per network, once, at the start, and
+a resume reads it back. docs/PERFORMANCE.md has the tables.
 
 Only the network runs under autocast: master weights, optimizer state, EMA, checkpoints, the schedule tables, the
 solvers' arithmetic and the bound stay in fp32/fp64 (`Autocast` returns the network's output as fp32).

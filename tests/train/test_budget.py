@@ -7,11 +7,13 @@ final grid and checkpoint of a tiny net on a loaded CI machine) and not before h
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
 from ddpmkit.cli import main
 from ddpmkit.config import load_config
+from ddpmkit.train import budget
 from ddpmkit.train.budget import candidates
 
 TINY = ["--set", "model.preset=\"tiny\"", "--set", "diffusion.timesteps=20", "--set", "sample.steps=5",
@@ -72,3 +74,40 @@ def test_candidates_are_cheapest_first_and_sized_to_the_images():
     assert all(c.model["model.ch_mult"] == [1, 2, 2] and c.model["model.attn_resolutions"] == [7]
                for c in candidates(28))
     assert candidates(8)[0].model["model.ch_mult"] == [1, 2]
+
+
+def _fake_probe(step_s: dict, grid_s: dict):
+    """budget.probe with set timings per precision: which precision wins must not depend on this machine."""
+    def probe(config, data, device, steps=None):
+        p = {"auto": "fp32"}.get(config.train.precision, config.train.precision)  # auto without native bf16
+        return budget.Timing(step_s[p] * (1 + (config.model.ch or 16) / 16), grid_s[p], 1000)
+    return probe
+
+
+@pytest.mark.parametrize("step_s, grid_s, train_p, sample_p", [
+    ({"fp32": 0.01, "bf16": 0.02}, {"fp32": 0.5, "bf16": 0.2}, "fp32", "bf16"),
+    ({"fp32": 0.02, "bf16": 0.01}, {"fp32": 0.2, "bf16": 0.5}, "bf16", "fp32")])
+def test_auto_precision_is_timed_per_network_and_written_into_the_plan(monkeypatch, step_s, grid_s, train_p,
+                                                                         sample_p):
+    import torch
+
+    from ddpmkit import precision
+    from ddpmkit.data import load_dataset
+
+    monkeypatch.setattr(precision, "bf16_capability", lambda device: (True, "mocked: native bf16"))
+    monkeypatch.setattr(budget, "probe", _fake_probe(step_s, grid_s))
+    data = load_dataset("digits", split="train")
+    config = load_config("digits").with_values({"train.budget_s": 3600.0})
+    plan = budget.plan_run(config, data, torch.device("cpu"), started=time.monotonic())
+    assert plan.config.train.precision == train_p and plan.config.sample.precision == sample_p
+    assert f"training in {train_p}" in plan.precision_note and f"sampling in {sample_p}" in plan.precision_note
+    assert any(line.startswith("plan: training in") for line in budget.describe(plan, 0))
+    assert {label.split()[-1] for label, _ in plan.probed} == {"fp32", "bf16"}
+
+    # a precision the user gives is kept, and auto on a device without native bf16 is not timed both ways
+    fixed = budget.plan_run(config.with_values({"train.precision": "bf16"}), data, torch.device("cpu"),
+                            started=time.monotonic(), fixed={"train.precision"})
+    assert fixed.config.train.precision == "bf16" and fixed.precision_note == ""
+    monkeypatch.setattr(precision, "bf16_capability", lambda device: (False, "mocked: AVX2 only"))
+    plain = budget.plan_run(config, data, torch.device("cpu"), started=time.monotonic())
+    assert plain.config.train.precision == "auto" and plain.precision_note == ""

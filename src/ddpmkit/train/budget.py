@@ -107,6 +107,7 @@ class Plan:
     budget_s: float
     probed: list[tuple[str, Timing]] = field(default_factory=list)
     candidate: str = "resumed run"
+    precision_note: str = ""  # why the plan set train.precision / sample.precision ("" when it did not)
 
     @property
     def deadline(self) -> float:
@@ -200,18 +201,44 @@ def plan_run(config: RunConfig, data, device: torch.device, *, started: float, f
     base = _with(config, _recipe(1000), fixed)
     ladder = candidates(data.image_size) if not any(k.startswith("model.") for k in fixed) else \
         [Candidate("your network", {})]
+    both = _times_both_precisions(base, device, fixed)
     probed, chosen = [], None
     for cand in ladder:
-        timing = probe(_with(base, cand.model, fixed), data, device)
-        probed.append((cand.name, timing))
+        if both:  # bf16 does not pay for every network (docs/PERFORMANCE.md): time both, keep the faster
+            timings = {p: probe(_with(base, {**cand.model, "train.precision": p}, fixed), data, device)
+                       for p in ("bf16", "fp32")}
+            probed += [(f"{cand.name} {p}", t) for p, t in timings.items()]
+            train_p = min(timings, key=lambda p: timings[p].step_s)
+            sample_p = min(timings, key=lambda p: timings[p].grid_s)
+            timing = timings[train_p]
+            values = {**cand.model, "train.precision": train_p, "sample.precision": sample_p}
+            note = (f"training in {train_p} (fp32 {timings['fp32'].step_s:.3f}, bf16 {timings['bf16'].step_s:.3f} "
+                    f"s/step), sampling in {sample_p} (a grid: fp32 {timings['fp32'].grid_s:.1f}, bf16 "
+                    f"{timings['bf16'].grid_s:.1f} s): precision auto, timed for this network")
+        else:
+            timing = probe(_with(base, cand.model, fixed), data, device)
+            probed.append((cand.name, timing))
+            values, note = cand.model, ""
         left = started + budget - time.monotonic() - SAFETY * budget
         fits = _steps_in(left, timing, _grid_count(budget, timing)) >= MIN_STEPS
         if chosen is None or fits:
-            chosen = (cand, timing)
+            chosen = (cand, timing, values, note)
         if not fits or time.monotonic() - started > PROBE_SHARE * budget:
             break  # larger networks get fewer steps still
-    cand, timing = chosen
-    return _finish(_with(base, cand.model, fixed), timing, started, budget, probed, cand.name, fixed)
+    cand, timing, values, note = chosen
+    plan = _finish(_with(base, values, fixed), timing, started, budget, probed, cand.name, fixed)
+    plan.precision_note = note
+    return plan
+
+
+def _times_both_precisions(config: RunConfig, device: torch.device, fixed) -> bool:
+    """A planned run with precision auto where auto means bf16: the probe times each candidate in bf16 and in fp32
+    and the plan writes the faster into the run's config (so `--resume` trains in the same precision, bit for bit).
+    Elsewhere `auto` is decided by capability alone (ddpmkit/precision.py)."""
+    from ..precision import decide
+
+    return ("train.precision" not in fixed and config.train.precision == "auto"
+            and decide("auto", device).name == "bf16")
 
 
 def _finish(config, timing, started, budget, probed, name, fixed, resumed: bool = False) -> Plan:
@@ -249,6 +276,7 @@ def describe(plan: Plan, start_step: int) -> list[str]:
         + (f" sigma_rel {c.ema_sigma_rel:g}" if c.ema_schedule == "power" else f" {c.ema_decay:g}")
         + ("; L_simple with min-SNR weights, gamma " f"{c.min_snr_gamma:g}" if c.loss_weighting == "min_snr"
            else "; L_simple") + f"; {grids}",
+        *([f"plan: {plan.precision_note}"] if plan.precision_note else []),
         f"plan: expected end {end} (budget ends {_wall_clock(plan.deadline)})",
     ]
 

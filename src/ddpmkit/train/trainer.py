@@ -17,6 +17,7 @@ Run directory:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 import time
@@ -125,6 +126,8 @@ class Trainer:
         fused = self.dist.device.type in ("cpu", "cuda") or None  # None: torch's choice elsewhere
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=c.lr, fused=fused)
         self.precision = decide(c.precision, self.dist.device)  # auto: by capability (ddpmkit/precision.py)
+        if self.plan is not None and self.plan.precision_note:  # auto, timed per network by the budget plan
+            self.precision = dataclasses.replace(self.precision, reason=self.plan.precision_note)
         self.autocast_dtype = self.precision.dtype
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=self.autocast_dtype == torch.float16)
         self.net = self._wrap(self.model)
