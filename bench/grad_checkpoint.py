@@ -82,6 +82,19 @@ def available_mb() -> float:
     return float("inf")
 
 
+def need_mb(rows: dict, gc: bool, batch: int) -> float:
+    """The peak memory a batch will need, from the points measured so far with the same setting: the line through
+    the last two (the resident set before the step plus the step's memory grows linearly in the batch), or the
+    first point scaled by the batch when there is only one (an over-estimate)."""
+    done = sorted((b, r["peak_mb"]) for (b, g), r in rows.items() if g == gc)
+    if not done:
+        return 0.0
+    if len(done) == 1:
+        return done[0][1] * batch / done[0][0]
+    (b1, p1), (b2, p2) = done[-2:]
+    return p2 + (batch - b2) * (p2 - p1) / (b2 - b1)
+
+
 def fits(slope_mb: float, intercept_mb: float, state_mb: float, gb: int) -> int:
     """The largest batch whose step memory (intercept + slope * batch) and the model state fit in `gb` GB."""
     return max(0, int((gb * 1000 - state_mb - intercept_mb) // slope_mb))
@@ -114,10 +127,9 @@ def main(argv=None) -> int:
         if (b, False) in rows and (b, True) in rows:
             continue
         for gc in (False, True) if i % 2 == 0 else (True, False):
-            first = rows.get((batches[0], gc))
-            need = first["peak_mb"] * b / batches[0] if first else 0
-            if need > 0.7 * available_mb():
-                raise SystemExit(f"batch {b}: about {need:.0f} MB needed, {available_mb():.0f} MB available: stopped")
+            if need_mb(rows, gc, b) > 0.7 * available_mb():
+                raise SystemExit(f"batch {b}: about {need_mb(rows, gc, b):.0f} MB needed, {available_mb():.0f} MB "
+                                 "available: stopped")
             job = dict(batch=b, grad_checkpoint=gc, warmup=args.warmup, iters=args.iters, threads=args.threads,
                        precision=args.precision)
             rows[b, gc] = r = run_job(job)
