@@ -111,3 +111,20 @@ def test_auto_precision_is_timed_per_network_and_written_into_the_plan(monkeypat
     monkeypatch.setattr(precision, "bf16_capability", lambda device: (False, "mocked: AVX2 only"))
     plain = budget.plan_run(config, data, torch.device("cpu"), started=time.monotonic())
     assert plain.config.train.precision == "auto" and plain.precision_note == ""
+
+
+@pytest.mark.parametrize("values, weighting", [({}, "min_snr"), ({"train.loss": "hybrid"}, "none"),
+                                               ({"diffusion.parameterization": "xprev"}, "none"),
+                                               ({"diffusion.parameterization": "v"}, "min_snr")])
+def test_the_plan_weighs_only_an_objective_min_snr_applies_to(monkeypatch, values, weighting):
+    import torch
+
+    from ddpmkit.data import load_dataset
+
+    monkeypatch.setattr(budget, "probe", _fake_probe({"fp32": 0.01, "bf16": 0.01}, {"fp32": 0.1, "bf16": 0.1}))
+    if "train.loss" in values:
+        values = {**values, "diffusion.variance": "learned_range"}
+    config = load_config("digits").with_values({"train.budget_s": 600.0, **values})
+    plan = budget.plan_run(config, load_dataset("digits", split="train"), torch.device("cpu"),
+                           started=time.monotonic(), fixed=set(values))
+    assert plan.config.train.loss_weighting == weighting

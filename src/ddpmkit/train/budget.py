@@ -81,12 +81,23 @@ def _grid_count(budget_s: float, timing: "Timing") -> int:
     return max(1, min(GRIDS, int(GRID_SHARE * budget_s / timing.grid_s)))
 
 
-def _recipe(steps: int, grids: int = GRIDS) -> dict:
-    """train.* values the rule gives a run of `steps` steps with `grids` sample grids."""
+def _recipe(steps: int, grids: int = GRIDS, weighting: str | None = None) -> dict:
+    """train.* values the rule gives a run of `steps` steps with `grids` sample grids (loss weighting: WEIGHTING
+    unless given)."""
     every = max(1, steps // grids)
+    weighting = WEIGHTING if weighting is None else weighting
     return {"train.batch_size": BATCH, "train.lr": LR, "train.warmup": max(1, round(WARMUP_FRAC * steps)),
             "train.lr_decay": "cosine", "train.ema_schedule": "power", "train.ema_sigma_rel": EMA_SIGMA_REL,
-            "train.loss_weighting": WEIGHTING, "train.sample_every": every, "train.checkpoint_every": every}
+            "train.loss_weighting": weighting, "train.sample_every": every, "train.checkpoint_every": every}
+
+
+def _weighting(config: RunConfig) -> str:
+    """WEIGHTING where it applies: min-SNR weighs L_simple of an eps, x0 or v network; any other objective
+    (train.loss kl, vlb, hybrid) or prediction (xprev) keeps its own, unweighted."""
+    from .weighting import WEIGHABLE
+
+    simple = config.train.loss == "simple" and config.diffusion.parameterization in WEIGHABLE
+    return WEIGHTING if simple else "none"
 
 
 @dataclass
@@ -198,7 +209,7 @@ def plan_run(config: RunConfig, data, device: torch.device, *, started: float, f
         timing = probe(config, data, device)
         return _finish(config, timing, started, budget, [("resumed network", timing)], "resumed run", fixed,
                        resumed=True)
-    base = _with(config, _recipe(1000), fixed)
+    base = _with(config, _recipe(1000, weighting=_weighting(config)), fixed)
     ladder = candidates(data.image_size) if not any(k.startswith("model.") for k in fixed) else \
         [Candidate("your network", {})]
     both = _times_both_precisions(base, device, fixed)
@@ -253,7 +264,7 @@ def _finish(config, timing, started, budget, probed, name, fixed, resumed: bool 
                         f"{math.ceil(need * 1.5 / 6) / 10:g}")
     planned = ("train.sample_every", "train.checkpoint_every") if resumed else \
         [k for k in _recipe(1) if k != "train.batch_size"]
-    keep = {k: v for k, v in _recipe(steps, max(grids, 1)).items() if k in planned}
+    keep = {k: v for k, v in _recipe(steps, max(grids, 1), _weighting(config)).items() if k in planned}
     keep["train.steps"] = steps
     return Plan(_with(config, keep, fixed), steps, timing, started, budget, probed, name)
 
