@@ -2,13 +2,13 @@
 
     python bench/bf16_quality.py                                  # 3 seeds x 300 steps: ~15 CPU-minutes, 1 thread
     python bench/bf16_quality.py --steps 1500 --seeds 0,1,2,3,4 --n 1000 --nll-n 297   # the preset's full length
-    python bench/bf16_quality.py --data fashion-mnist --steps 1500 --seeds 0,1 --n 400 --nll-n 64 --jobs 2
+    python bench/bf16_quality.py --data fashion-mnist --steps 1000 --seeds 0,1 --n 400 --nll-n 64   # ~30 min
 
 --data digits: the digits preset, as `ddpm train --data digits`. --data fashion-mnist: the network and recipe that
 `ddpm train --minutes 15` plans on this CPU for Fashion-MNIST (train/budget.py's smallest candidate, ch16x1, with
-the budget recipe for --steps steps: batch 64, Adam 2e-3, 5% warm-up, cosine decay, power EMA), because the
-fashion_mnist preset's 6.5M network takes 2-4 s a step here; its samples are DDIM 50 (eta 0) and its scores FID
-in a Fashion-MNIST classifier's features (bench/budget.py's, trained once and cached in --out).
+the budget recipe for --steps steps: batch 64, Adam 2e-3, 5% warm-up, cosine decay, power EMA, min-SNR weights),
+because the fashion_mnist preset's 6.5M network takes 1-4 s a step here; its samples are DDIM 50 (eta 0) and its
+scores FID in a Fashion-MNIST classifier's features (bench/budget.py's, trained once and cached in --out).
 
 For each training seed, one fp32 run and one bf16 run (train.precision), alternating, everything else equal (same
 initial weights, batches, t and noise). Printed:
