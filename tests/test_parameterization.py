@@ -246,3 +246,14 @@ def test_a_learned_variance_with_l_simple_is_one_line_and_exit_2(tmp_path, capsy
     assert code == 2 and len(err.splitlines()) == 1
     assert f"diffusion.variance = '{variance}'" in err and "train.loss = 'simple'" in err
     assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_min_snr_on_an_xprev_network_is_one_line_and_exit_2(tmp_path, capsys):
+    from ddpmkit.cli import main
+
+    code = main(["train", "--out", str(tmp_path / "run"), "--steps", "1", "--set", 'train.loss_weighting="min_snr"',
+                 "--set", 'diffusion.parameterization="xprev"', *TINY])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1
+    assert "train.loss_weighting = 'min_snr'" in err and "'xprev'" in err
+    assert not (tmp_path / "run" / "checkpoints").exists()

@@ -260,7 +260,8 @@ class RunConfig:
         check_sampler(self.sample.sampler, self.sample.steps, self.diffusion.timesteps, option="sample.sampler")
         from .parameterization import check_modes
 
-        check_modes(self.diffusion.variance, self.train.loss)
+        check_modes(self.diffusion.variance, self.train.loss, self.diffusion.parameterization,
+                    self.train.loss_weighting)
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -166,14 +166,29 @@ def _loss_hybrid(d, x0, terms, t_weight, lam):
 LOSSES = {"simple": _loss_simple, "kl": _loss_kl, "vlb": _loss_vlb, "hybrid": _loss_hybrid}
 
 
-def check_modes(variance: str, loss: str) -> None:
-    """ConfigError for a variance that the loss cannot train: L_simple sends no gradient to a learned variance."""
+# min-SNR-gamma (train/weighting.py) weighs L_simple of a network predicting one of these; xprev's loss is on the
+# posterior mean, which has no such weight
+MIN_SNR_PREDICTIONS = ("eps", "x0", "v")
+
+
+def min_snr_applies(loss: str, parameterization: str) -> bool:
+    """Whether train.loss_weighting = "min_snr" can weigh this objective: L_simple of an eps, x0 or v network."""
+    return loss == "simple" and parameterization in MIN_SNR_PREDICTIONS
+
+
+def check_modes(variance: str, loss: str, parameterization: str = "eps", loss_weighting: str = "none") -> None:
+    """ConfigError for modes that do not go together: a variance that the loss cannot train (L_simple sends no
+    gradient to a learned variance), or min-SNR weights on a prediction they do not apply to."""
     from .errors import ConfigError
 
     if variance in LEARNED_VARIANCES and loss == "simple":
         raise ConfigError(f"diffusion.variance = {variance!r} with train.loss = 'simple': L_simple gives the learned "
                           "variance no gradient; use train.loss = 'kl', 'vlb' or 'hybrid', or a fixed variance")
+    if loss_weighting == "min_snr" and parameterization not in MIN_SNR_PREDICTIONS:
+        raise ConfigError(f"train.loss_weighting = 'min_snr' with diffusion.parameterization = {parameterization!r}: "
+                          "min-SNR weighs the loss of an eps, x0 or v network; use train.loss_weighting = 'none' or "
+                          "one of those parameterizations")
 
 
-__all__ = ["LEARNED_LOG_VARIANCE_LIMIT", "LEARNED_VARIANCES", "LOSSES", "PREDICT", "TARGET", "VARIANCE",
-           "check_modes", "extract", "output_channels"]
+__all__ = ["LEARNED_LOG_VARIANCE_LIMIT", "LEARNED_VARIANCES", "LOSSES", "MIN_SNR_PREDICTIONS", "PREDICT", "TARGET",
+           "VARIANCE", "check_modes", "extract", "min_snr_applies", "output_channels"]

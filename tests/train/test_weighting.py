@@ -33,3 +33,10 @@ def test_v_weights_and_the_default_is_none():
     torch.testing.assert_close(min_snr_weights(d.alpha_bar, 5.0, "v").double(), torch.clamp(snr, max=5) / (snr + 1),
                                rtol=1e-6, atol=0)
     assert loss_weights(TrainConfig(), d, "eps") is None
+
+
+def test_the_weights_exist_for_exactly_the_predictions_the_config_check_lets_through():
+    from ddpmkit.parameterization import MIN_SNR_PREDICTIONS
+    from ddpmkit.train.weighting import _PER_PARAMETERIZATION
+
+    assert set(_PER_PARAMETERIZATION) == set(MIN_SNR_PREDICTIONS)

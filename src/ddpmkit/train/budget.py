@@ -92,12 +92,11 @@ def _recipe(steps: int, grids: int = GRIDS, weighting: str | None = None) -> dic
 
 
 def _weighting(config: RunConfig) -> str:
-    """WEIGHTING where it applies: min-SNR weighs L_simple of an eps, x0 or v network; any other objective
-    (train.loss kl, vlb, hybrid) or prediction (xprev) keeps its own, unweighted."""
-    from .weighting import WEIGHABLE
+    """WEIGHTING where it applies (parameterization.min_snr_applies: L_simple of an eps, x0 or v network); any other
+    objective (train.loss kl, vlb, hybrid) or prediction (xprev) keeps its own, unweighted."""
+    from ..parameterization import min_snr_applies
 
-    simple = config.train.loss == "simple" and config.diffusion.parameterization in WEIGHABLE
-    return WEIGHTING if simple else "none"
+    return WEIGHTING if min_snr_applies(config.train.loss, config.diffusion.parameterization) else "none"
 
 
 @dataclass
@@ -285,7 +284,7 @@ def describe(plan: Plan, start_step: int) -> list[str]:
         f"plan: steps {start_step} -> {start_step + plan.steps} at {plan.timing.step_s:.3f} s/step; lr {c.lr:g}, "
         f"warm-up {c.warmup} steps, {c.lr_decay} decay to 0; EMA {c.ema_schedule}"
         + (f" sigma_rel {c.ema_sigma_rel:g}" if c.ema_schedule == "power" else f" {c.ema_decay:g}")
-        + ("; L_simple with min-SNR weights, gamma " f"{c.min_snr_gamma:g}" if c.loss_weighting == "min_snr"
+        + (f"; L_simple with min-SNR weights, gamma {c.min_snr_gamma:g}" if c.loss_weighting == "min_snr"
            else "; L_simple") + f"; {grids}",
         *([f"plan: {plan.precision_note}"] if plan.precision_note else []),
         f"plan: expected end {end} (budget ends {_wall_clock(plan.deadline)})",

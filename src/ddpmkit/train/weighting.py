@@ -24,9 +24,6 @@ _PER_PARAMETERIZATION = {
 }
 
 
-WEIGHABLE = tuple(_PER_PARAMETERIZATION)  # the predictions min-SNR can weigh (xprev's loss is on the mean)
-
-
 def min_snr_weights(alpha_bar: torch.Tensor, gamma: float, parameterization: str) -> torch.Tensor:
     """(T,) weights min(SNR_t, gamma) / factor(SNR_t) of the per-example L_simple [MinSNR Sec. 3.4]."""
     snr = alpha_bar.double() / (1.0 - alpha_bar.double())
